@@ -1,0 +1,21 @@
+"""fastsarnn: fast inference for a Simple RNN with self-attention over its own history.
+
+>>> import fastsarnn as fs
+>>> model = fs.SelfAttentionRNN.random(64, 128, seed=0)
+>>> out = model.forward(x)             # x: (B, T, 64) or (T, 64)
+"""
+
+# The subpackage ``fastsarnn.backends`` is imported first so that the function
+# ``fastsarnn.backends()`` bound below is not replaced by the subpackage when a backend loads.
+from . import backends as _backends_package  # noqa: F401
+from ._registry import (BackendInfo, BackendUnavailableError, backends, get_backend,
+                        set_backend, use_backend)
+from .model import Output, SelfAttentionRNN
+from .state import State
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SelfAttentionRNN", "Output", "State", "BackendInfo", "BackendUnavailableError",
+    "backends", "get_backend", "set_backend", "use_backend", "__version__",
+]

@@ -1,0 +1,143 @@
+"""Backend registry and selection.
+
+Selection, strongest first: the call's ``backend=`` argument; ``with use_backend(name)``
+(context-local); ``set_backend(name)``; the environment variable ``FASTSARNN_BACKEND``;
+``"auto"`` (the first available of :data:`fastsarnn._config.AUTO_ORDER`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+import threading
+from typing import NamedTuple
+
+from . import _config
+
+#: Backend name -> module implementing it (imported lazily, on first use).
+BACKEND_MODULES = {
+    "numpy": "fastsarnn.backends.numpy_ref",
+    "numba": "fastsarnn.backends.numba_cpu",
+    "c": "fastsarnn.backends.c_ext",
+    "cuda": "fastsarnn.backends.cuda",
+}
+_CHOICES = tuple(BACKEND_MODULES) + ("auto",)
+
+
+class BackendUnavailableError(RuntimeError):
+    """A known backend cannot run here (not built, dependency missing, no GPU)."""
+
+
+class BackendInfo(NamedTuple):
+    """Whether a backend can run here, and if not, why."""
+
+    available: bool
+    reason: str | None
+
+
+class _UnavailableBackend:
+    """Stands in for a backend that cannot run; every kernel raises with the reason."""
+
+    def __init__(self, name: str, reason: str):
+        self.NAME = name
+        self.reason = reason
+
+    def _raise(self, *args, **kwargs):
+        raise BackendUnavailableError(f"backend {self.NAME!r} is unavailable: {self.reason}")
+
+    forward = step = _raise
+
+
+_loaded: dict = {}
+_load_lock = threading.Lock()
+_global_choice: str | None = None
+_context_choice: contextvars.ContextVar = contextvars.ContextVar(
+    "fastsarnn_backend", default=None
+)
+
+
+def _check_name(name, what="backend"):
+    if not isinstance(name, str) or name not in _CHOICES:
+        raise ValueError(f"unknown {what} {name!r}; expected one of {list(_CHOICES)}")
+    return name
+
+
+def _load(name: str):
+    """The backend module, or an :class:`_UnavailableBackend` that explains why not."""
+    mod = _loaded.get(name)
+    if mod is not None:
+        return mod
+    with _load_lock:
+        mod = _loaded.get(name)
+        if mod is None:
+            try:
+                mod = importlib.import_module(BACKEND_MODULES[name])
+                ok, reason = mod.availability()
+                if not ok:
+                    mod = _UnavailableBackend(name, reason)
+            except Exception as exc:  # missing dependency, broken build: say why
+                mod = _UnavailableBackend(name, f"{type(exc).__name__}: {exc}")
+            _loaded[name] = mod
+    return mod
+
+
+def backends() -> dict:
+    """Every backend name -> :class:`BackendInfo` (``available``, ``reason``)."""
+    out = {}
+    for name in BACKEND_MODULES:
+        mod = _load(name)
+        if isinstance(mod, _UnavailableBackend):
+            out[name] = BackendInfo(False, mod.reason)
+        else:
+            out[name] = BackendInfo(True, None)
+    return out
+
+
+def set_backend(name: str | None) -> None:
+    """Set the process-wide default backend (``None`` or ``"auto"`` restores automatic choice)."""
+    global _global_choice
+    _global_choice = None if name is None else _check_name(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Use backend ``name`` inside a ``with`` block (context- and thread-local)."""
+    token = _context_choice.set(_check_name(name))
+    try:
+        yield
+    finally:
+        _context_choice.reset(token)
+
+
+def _requested(backend=None) -> str:
+    if backend is not None:
+        return _check_name(backend)
+    for choice in (_context_choice.get(), _global_choice):
+        if choice is not None:
+            return choice
+    env = os.environ.get(_config.ENV_BACKEND)
+    if env:
+        return _check_name(env, f"backend in ${_config.ENV_BACKEND}")
+    return "auto"
+
+
+def get_backend(backend: str | None = None) -> str:
+    """Name of the backend the current setting (or ``backend``) resolves to."""
+    name = _requested(backend)
+    if name != "auto":
+        return name
+    for cand in _config.AUTO_ORDER:
+        if not isinstance(_load(cand), _UnavailableBackend):
+            return cand
+    return "numpy"
+
+
+def resolve(backend: str | None = None):
+    """The backend module for this call; raises if an explicit choice cannot run."""
+    name = get_backend(backend)
+    mod = _load(name)
+    if isinstance(mod, _UnavailableBackend):
+        mod._raise()
+    return mod

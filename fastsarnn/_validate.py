@@ -1,0 +1,127 @@
+"""Input checks shared by every backend (SPEC section 4). Kernels never see unchecked input."""
+
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+_BAD_KINDS = {
+    "b": "bool", "c": "complex", "O": "object", "U": "string", "S": "bytes",
+    "V": "structured/void", "M": "datetime", "m": "timedelta",
+}
+
+
+def real_array(name: str, value) -> np.ndarray:
+    """``value`` as an ndarray of integer, unsigned or float dtype, else ``TypeError``."""
+    if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
+        raise TypeError(
+            f"{name} is a device array; only backend='cuda' accepts device arrays, "
+            "use a NumPy array for CPU backends"
+        )
+    arr = np.asarray(value)
+    kind = arr.dtype.kind
+    if kind not in "iuf":
+        raise TypeError(
+            f"{name} must be a real array (integer, unsigned or float16/32/64); "
+            f"got dtype {arr.dtype} ({_BAD_KINDS.get(kind, kind)})"
+        )
+    return arr
+
+
+def cast(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """C-contiguous copy-if-needed of ``arr`` in ``dtype`` (overflow to inf is left to
+    :func:`check_finite`)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def first_nonfinite(name: str, arr: np.ndarray, mask=None):
+    """Raise ``ValueError`` naming the first non-finite element of ``arr`` (where ``mask``)."""
+    bad = ~np.isfinite(arr)
+    if mask is not None:
+        bad &= mask
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name}[{', '.join(map(str, idx))}] = {arr[idx]} is not finite; "
+            "expected finite values (pass check_finite=False to skip this check for inputs)"
+        )
+
+
+def shape_str(shape) -> str:
+    """``(3,)``, ``(2, 4)``: a shape as Python writes a tuple."""
+    return str(tuple(int(s) if not isinstance(s, str) else s for s in shape))
+
+
+def expect_shape(name: str, arr: np.ndarray, expected: tuple, meaning: str = "") -> None:
+    if arr.shape != tuple(expected):
+        extra = f" {meaning}" if meaning else ""
+        raise ValueError(
+            f"{name} must have shape {shape_str(expected)}{extra}; got shape {shape_str(arr.shape)}"
+        )
+
+
+def integer(name: str, value, minimum: int | None = None, allow_none: bool = False):
+    """A Python int from an integer-like ``value`` (bools rejected)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        try:
+            if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
+                value = value.item()
+            else:
+                raise TypeError
+        except TypeError:
+            raise TypeError(f"{name} must be an integer; got {value!r} ({type(value).__name__})") from None
+    value = operator.index(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value}")
+    return value
+
+
+def window(value):
+    """``None`` or an integer >= 1; ``ValueError`` otherwise (SPEC section 4)."""
+    if value is None:
+        return None
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    if not ok or value < 1:
+        raise ValueError(f"window must be None or an integer >= 1; got {value!r}")
+    return int(value)
+
+
+def choice(name: str, value, valid) -> str:
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {list(valid)}")
+    return value
+
+
+def lengths(value, batch: int, steps: int, two_d: bool) -> np.ndarray:
+    """Validated int64 lengths of shape (batch,), each in [0, steps]."""
+    if value is None:
+        return np.full(batch, steps, dtype=np.int64)
+    if two_d:
+        n = integer("lengths (for 2-D x, an integer)", value)
+        arr = np.array([n], dtype=np.int64)
+    else:
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(
+                f"lengths must be an integer array of shape ({batch},); got dtype {arr.dtype}"
+            )
+        expect_shape("lengths", arr, (batch,), "(one length per sequence)")
+        if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"lengths must lie in [0, {steps}]; got {arr.max()}")
+        arr = arr.astype(np.int64)
+    bad = np.flatnonzero((arr < 0) | (arr > steps))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"lengths[{i}] = {int(arr[i])} is outside [0, {steps}] (T = {steps})")
+    return arr
+
+
+def num_threads(value):
+    if value is None:
+        return None
+    return integer("num_threads", value, minimum=1)

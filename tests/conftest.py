@@ -1,0 +1,40 @@
+"""Backend fixture: the parity and error suites run once per backend.
+
+``FASTSARNN_TEST_BACKENDS`` (comma list, default ``numpy,numba,c``) says which backends the
+suites are parametrised over; ``FASTSARNN_REQUIRE_BACKENDS`` names those that must be
+available: for them "unavailable" fails the test instead of skipping it.
+"""
+
+import os
+
+import pytest
+
+import fastsarnn as fs
+
+
+def _names(var, default=""):
+    return [n.strip() for n in os.environ.get(var, default).split(",") if n.strip()]
+
+
+TEST_BACKENDS = _names("FASTSARNN_TEST_BACKENDS", "numpy,numba,c")
+REQUIRED_BACKENDS = _names("FASTSARNN_REQUIRE_BACKENDS")
+
+
+@pytest.fixture(params=TEST_BACKENDS)
+def backend(request):
+    name = request.param
+    info = fs.backends()[name]
+    if not info.available:
+        if name in REQUIRED_BACKENDS:
+            pytest.fail(f"backend {name!r} is required (FASTSARNN_REQUIRE_BACKENDS) but "
+                        f"unavailable: {info.reason}")
+        pytest.skip(f"backend {name!r} unavailable: {info.reason}")
+    return name
+
+
+def pytest_report_header(config):
+    lines = [f"fastsarnn {fs.__version__} from {os.path.dirname(fs.__file__)}"]
+    for name, info in fs.backends().items():
+        lines.append(f"  backend {name}: " + ("available" if info.available
+                                              else f"unavailable ({info.reason})"))
+    return lines

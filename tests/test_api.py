@@ -1,0 +1,209 @@
+"""The public API around the kernels: registry, selection, state, save/load, CLI, install."""
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastsarnn as fs
+from _helpers import RECURRENCES, SCORES, make_model, make_x, max_err, reference
+
+
+def test_backends_lists_every_backend_with_a_reason_when_unavailable():
+    info = fs.backends()
+    assert list(info) == ["numpy", "numba", "c", "cuda"]
+    assert info["numpy"] == fs.BackendInfo(True, None)
+    for name, bi in info.items():
+        assert isinstance(bi, fs.BackendInfo)
+        assert bi.available == (bi.reason is None), name
+    assert issubclass(fs.BackendUnavailableError, RuntimeError)
+
+
+def test_selection_precedence(monkeypatch):
+    monkeypatch.delenv("FASTSARNN_BACKEND", raising=False)
+    fs.set_backend(None)
+    auto = fs.get_backend()
+    assert auto in ("c", "numba", "numpy") and auto != "cuda"
+    monkeypatch.setenv("FASTSARNN_BACKEND", "numpy")
+    assert fs.get_backend() == "numpy"
+    try:
+        fs.set_backend("cuda")                   # set_backend beats the environment
+        assert fs.get_backend() == "cuda"
+        with fs.use_backend("numba"):            # use_backend beats set_backend
+            assert fs.get_backend() == "numba"
+            assert fs.get_backend("c") == "c"    # the argument beats everything
+            with fs.use_backend("auto"):
+                assert fs.get_backend() == auto
+            assert fs.get_backend() == "numba"
+        assert fs.get_backend() == "cuda"
+    finally:
+        fs.set_backend(None)
+    assert fs.get_backend() == "numpy"
+    monkeypatch.setenv("FASTSARNN_BACKEND", "nope")
+    with pytest.raises(ValueError, match="FASTSARNN_BACKEND"):
+        fs.get_backend()
+    for bad in ("nope", 3, None):
+        if bad is None:
+            continue
+        with pytest.raises(ValueError, match="expected one of"):
+            fs.set_backend(bad)
+        with pytest.raises(ValueError, match="expected one of"):
+            with fs.use_backend(bad):
+                pass
+
+
+def test_use_backend_is_thread_local(monkeypatch):
+    monkeypatch.delenv("FASTSARNN_BACKEND", raising=False)
+    seen = {}
+    inside = threading.Event()
+    release = threading.Event()
+
+    def worker():
+        with fs.use_backend("numpy"):
+            seen["worker"] = fs.get_backend()
+            inside.set()
+            release.wait(5)
+
+    t = threading.Thread(target=worker)
+    with fs.use_backend("cuda"):
+        t.start()
+        inside.wait(5)
+        seen["main"] = fs.get_backend()
+        release.set()
+        t.join()
+    assert seen == {"worker": "numpy", "main": "cuda"}
+
+
+def test_explicit_choice_never_falls_back(monkeypatch):
+    from fastsarnn import _registry
+    monkeypatch.setitem(_registry._loaded, "numba",
+                        _registry._UnavailableBackend("numba", "test says no"))
+    m = make_model()
+    with fs.use_backend("numba"):
+        with pytest.raises(fs.BackendUnavailableError, match="test says no"):
+            m.forward(make_x(1, 2, 5))
+
+
+@pytest.mark.parametrize("recurrence", RECURRENCES)
+@pytest.mark.parametrize("score", SCORES)
+def test_save_load_round_trip_is_exact(tmp_path, score, recurrence):
+    m = make_model(score=score, recurrence=recurrence, window=5, dtype="float32", Ha=3)
+    path = tmp_path / "model.npz"
+    m.save(path)
+    m2 = fs.SelfAttentionRNN.load(path)
+    assert (m2.score, m2.recurrence, m2.window, m2.dtype, m2.attention_size) == (
+        m.score, m.recurrence, m.window, m.dtype, m.attention_size)
+    assert m2.params.keys() == m.params.keys()
+    for k, v in m.params.items():
+        assert m2.params[k].dtype == v.dtype and np.array_equal(m2.params[k], v), k
+    x = make_x(2, 6, 5)
+    assert np.array_equal(m.forward(x, backend="numpy").c, m2.forward(x, backend="numpy").c)
+    path2 = tmp_path / "noext"
+    m.save(path2)
+    assert fs.SelfAttentionRNN.load(path2).window == 5
+
+
+def test_properties_and_params_are_read_only():
+    m = fs.SelfAttentionRNN.random(3, 4, score="additive", attention_size=2, seed=1,
+                                   recurrence="hc", window=7, dtype="float64")
+    assert (m.input_size, m.hidden_size, m.attention_size) == (3, 4, 2)
+    assert (m.score, m.recurrence, m.window, m.dtype) == ("additive", "hc", 7, np.float64)
+    assert list(m.params) == ["W_x", "W_c", "b", "W_h", "W_k", "W_q", "v"]
+    with pytest.raises(ValueError):
+        m.params["W_x"][0, 0] = 1.0
+    assert make_model().attention_size is None
+
+
+def test_random_follows_the_documented_draw():
+    m = fs.SelfAttentionRNN.random(3, 4, score="general", seed=5, dtype="float64")
+    rng = np.random.default_rng(5)
+    k = 1 / np.sqrt(4)
+    for name, shape in (("W_x", (4, 3)), ("W_c", (4, 4)), ("b", (4,)), ("W_s", (4, 4))):
+        np.testing.assert_array_equal(m.params[name], rng.uniform(-k, k, size=shape))
+    m32 = fs.SelfAttentionRNN.random(3, 4, score="general", seed=5)
+    assert m32.dtype == np.float32
+    np.testing.assert_array_equal(m32.params["W_s"], m.params["W_s"].astype(np.float32))
+
+
+def test_constructor_copies_weights():
+    W_x = np.ones((2, 3))
+    m = fs.SelfAttentionRNN(W_x, np.zeros((2, 2)), np.zeros(2), dtype="float64")
+    W_x[0, 0] = 5.0
+    assert m.params["W_x"][0, 0] == 1.0
+
+
+def test_history_growth_and_ring_buffer_bound_memory():
+    m = make_model()
+    st = m.init_state(1, capacity=3)
+    m.forward(make_x(1, 10, 5), state=st, backend="numpy")
+    assert st.capacity == 12                      # 3 -> 6 -> 12: doubling
+    mw = make_model(window=4)
+    st = mw.init_state(2, capacity=100)
+    for i in range(30):
+        mw.step(make_x(2, 1, 5, seed=i)[:, 0], st, backend="numpy")
+    assert st.hist.shape == (2, 4, 8) and st.t == 30
+    # position p lives in slot p % window
+    ref = reference(mw, np.concatenate([make_x(2, 1, 5, seed=i) for i in range(30)], 1))
+    for p in range(26, 30):
+        assert max_err(st.hist[:, p % 4], ref.h[:, p]) <= 1e-12
+
+
+def test_outputs_are_not_views_of_the_state():
+    m = make_model()
+    st = m.init_state(1)
+    out = m.forward(make_x(1, 3, 5), state=st, backend="numpy")
+    h = m.step(make_x(1, 1, 5)[:, 0], st, backend="numpy")[0]
+    for a in (out.h, out.c, out.h_last, out.c_last, h):
+        for buf in (st.hist, st.h, st.c):
+            assert not np.shares_memory(a, buf)
+
+
+def test_state_copy_is_independent_and_t_tracks_positions():
+    m = make_model()
+    st = m.init_state(2)
+    assert st.t == 0 and st.positions.dtype == np.int64
+    m.forward(make_x(2, 4, 5), state=st, lengths=np.array([4, 2]), backend="numpy")
+    assert st.positions.tolist() == [4, 2] and st.t == 4
+    cp = st.copy()
+    m.forward(make_x(2, 1, 5), state=st, backend="numpy")
+    assert cp.positions.tolist() == [4, 2] and st.positions.tolist() == [5, 3]
+    # the copy continues exactly as the original would have
+    a = m.forward(make_x(2, 1, 5), state=cp, backend="numpy").h
+    b = m.forward(make_x(2, 1, 5), state=st.copy(), backend="numpy").h
+    assert not np.array_equal(a, b)
+    st.reset()
+    assert st.t == 0 and not st.h.any() and not st.hist.any()
+    with pytest.raises(ValueError, match="another model"):
+        make_model().forward(make_x(2, 1, 5), state=cp)
+
+
+def test_call_is_forward():
+    m = make_model()
+    x = make_x(2, 3, 5)
+    assert np.array_equal(m(x, backend="numpy").h, m.forward(x, backend="numpy").h)
+
+
+def test_info_command_lists_every_backend():
+    res = subprocess.run([sys.executable, "-m", "fastsarnn", "info"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for name in ("numpy", "numba", "c", "cuda"):
+        assert f"  {name} " in res.stdout
+    assert "cores" in res.stdout and "simd" in res.stdout
+
+
+def test_imported_package_is_the_installed_one():
+    """Tests must exercise what pip installed, not the source tree beside them."""
+    dist = importlib.metadata.distribution("fastsarnn")
+    assert dist.version == fs.__version__
+    files = {str(f) for f in dist.files or ()}
+    if os.environ.get("CI"):
+        installed = os.path.realpath(dist.locate_file("fastsarnn/__init__.py"))
+        assert "fastsarnn/__init__.py" in files
+        assert os.path.realpath(fs.__file__) == installed
+        src_root = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir))
+        assert not os.path.realpath(fs.__file__).startswith(src_root + os.sep)

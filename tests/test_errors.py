@@ -1,0 +1,213 @@
+"""SPEC section 4: bad input gets the right exception, and a failed call changes no state."""
+
+import numpy as np
+import pytest
+
+import fastsarnn as fs
+from _helpers import make_model, make_x
+
+D, H = 4, 6
+
+
+def snapshot(st):
+    return {k: (None if getattr(st, k) is None else getattr(st, k).copy())
+            for k in ("hist", "keys", "h", "c", "positions")}
+
+
+def assert_same(st, snap):
+    for k, v in snap.items():
+        a = getattr(st, k)
+        if v is None:
+            assert a is None
+        else:
+            assert a.shape == v.shape and np.array_equal(a, v), k
+
+
+@pytest.fixture
+def primed():
+    model = make_model(score="kq", D=D, H=H, Ha=3)
+    st = model.init_state(2, capacity=2)
+    model.forward(make_x(2, 3, D), state=st, backend="numpy")
+    return model, st
+
+
+FORWARD_CASES = [
+    ("x rank 1", dict(x=np.zeros(D)), ValueError, "shape"),
+    ("x rank 4", dict(x=np.zeros((1, 2, 3, D))), ValueError, "shape"),
+    ("x wrong D", dict(x=np.zeros((2, 3, D + 1))), ValueError, f"D = {D}"),
+    ("x batch vs state", dict(x=np.zeros((3, 3, D))), ValueError, "batch size"),
+    ("x complex", dict(x=np.zeros((2, 3, D), complex)), TypeError, "complex"),
+    ("x object", dict(x=np.zeros((2, 3, D), object)), TypeError, "object"),
+    ("x bool", dict(x=np.zeros((2, 3, D), bool)), TypeError, "bool"),
+    ("x string", dict(x=np.full((2, 3, D), "a")), TypeError, "string"),
+    ("x nan", dict(x=np.where(np.arange(D) == 2, np.nan, np.zeros((2, 3, D)))), ValueError,
+     r"x\[0, 0, 2\]"),
+    ("x inf", dict(x=np.pad(np.full((1, 1, 1), np.inf), ((1, 0), (2, 0), (3, 0)))),
+     ValueError, r"x\[1, 2, 3\]"),
+    ("x float64 overflow to float32 inf", None, None, None),
+    ("lengths float", dict(lengths=np.array([1.0, 2.0])), TypeError, "integer"),
+    ("lengths bool", dict(lengths=np.array([True, False])), TypeError, "integer"),
+    ("lengths shape", dict(lengths=np.array([1, 2, 3])), ValueError, r"\(2,\)"),
+    ("lengths rank", dict(lengths=np.array([[1, 2]])), ValueError, r"\(2,\)"),
+    ("lengths > T", dict(lengths=np.array([1, 4])), ValueError, r"lengths\[1\] = 4"),
+    ("lengths < 0", dict(lengths=np.array([-1, 2])), ValueError, r"lengths\[0\] = -1"),
+    ("backend unknown", dict(backend="fortran"), ValueError, "expected one of"),
+    ("num_threads 0", dict(num_threads=0), ValueError, ">= 1"),
+]
+
+
+@pytest.mark.parametrize("case", [c for c in FORWARD_CASES if c[1] is not None],
+                         ids=lambda c: c[0])
+def test_forward_errors_leave_state_unchanged(backend, primed, case):
+    _, kwargs, exc, match = case
+    model, st = primed
+    kwargs = dict(kwargs)
+    x = kwargs.pop("x", make_x(2, 3, D))
+    kwargs.setdefault("backend", backend)
+    snap = snapshot(st)
+    with pytest.raises(exc, match=match):
+        model.forward(x, state=st, return_attention=True, **kwargs)
+    assert_same(st, snap)
+
+
+def test_nan_in_padding_is_allowed_and_check_finite_off(backend):
+    model = make_model(D=D, H=H)
+    x = make_x(2, 3, D)
+    x[1, 2] = np.nan
+    out = model.forward(x, lengths=np.array([3, 2]), backend=backend)
+    assert np.isfinite(out.h).all()
+    with pytest.raises(ValueError, match=r"x\[1, 2, 0\]"):
+        model.forward(x, backend=backend)
+    out = model.forward(x, backend=backend, check_finite=False)  # unspecified, but no crash
+    assert out.h.shape == (2, 3, H)
+
+
+def test_float64_overflow_when_cast_to_float32_is_caught(backend):
+    model = make_model(D=D, H=H, dtype="float32")
+    x = make_x(1, 2, D)
+    x[0, 1, 3] = 1e300
+    with pytest.raises(ValueError, match=r"x\[0, 1, 3\]"):
+        model.forward(x, backend=backend)
+
+
+def test_two_dimensional_lengths_must_be_an_int(backend):
+    model = make_model(D=D, H=H)
+    with pytest.raises(TypeError, match="integer"):
+        model.forward(make_x(1, 3, D)[0], lengths=2.0, backend=backend)
+    with pytest.raises(ValueError, match=r"outside \[0, 3\]"):
+        model.forward(make_x(1, 3, D)[0], lengths=4, backend=backend)
+
+
+def test_state_of_another_model_or_batch(backend, primed):
+    model, st = primed
+    other = make_model(score="kq", D=D, H=H, Ha=3)
+    snap = snapshot(st)
+    with pytest.raises(ValueError, match="another model"):
+        other.forward(make_x(2, 3, D), state=st, backend=backend)
+    with pytest.raises(ValueError, match="another model"):
+        other.step(make_x(2, 1, D)[:, 0], st, backend=backend)
+    with pytest.raises(ValueError, match="batch size"):
+        model.step(make_x(3, 1, D)[:, 0], st, backend=backend)
+    with pytest.raises(TypeError, match="State"):
+        model.forward(make_x(2, 3, D), state={"h": 0}, backend=backend)
+    assert_same(st, snap)
+
+
+STEP_CASES = [
+    ("x_t rank 3", dict(x=np.zeros((2, 1, D))), ValueError, "shape"),
+    ("x_t wrong D", dict(x=np.zeros((2, D + 1))), ValueError, "shape"),
+    ("x_t 1-D with batch 2", dict(x=np.zeros(D)), ValueError, "batch size"),
+    ("x_t complex", dict(x=np.zeros((2, D), complex)), TypeError, "complex"),
+    ("x_t nan", dict(x=np.where(np.arange(D) == 1, np.nan, np.zeros((2, D)))), ValueError,
+     r"x_t\[0, 1\]"),
+    ("active shape", dict(active=np.ones(3, bool)), ValueError, r"\(2,\)"),
+    ("active dtype", dict(active=np.ones(2, int)), TypeError, "boolean"),
+    ("backend unknown", dict(backend="gpu"), ValueError, "expected one of"),
+]
+
+
+@pytest.mark.parametrize("case", STEP_CASES, ids=lambda c: c[0])
+def test_step_errors_leave_state_unchanged(backend, primed, case):
+    _, kwargs, exc, match = case
+    model, st = primed
+    kwargs = dict(kwargs)
+    x = kwargs.pop("x", make_x(2, 1, D)[:, 0])
+    kwargs.setdefault("backend", backend)
+    snap = snapshot(st)
+    with pytest.raises(exc, match=match):
+        model.step(x, st, **kwargs)
+    assert_same(st, snap)
+
+
+def test_nan_in_inactive_row_is_allowed(backend, primed):
+    model, st = primed
+    x = make_x(2, 1, D)[:, 0]
+    x[1] = np.inf
+    h, _ = model.step(x, st, active=np.array([True, False]), backend=backend)
+    assert np.isfinite(h).all() and st.positions.tolist() == [4, 3]
+
+
+W = {"W_x": np.zeros((H, D)), "W_c": np.zeros((H, H)), "b": np.zeros(H)}
+CONSTRUCTOR_CASES = [
+    ("W_x rank", dict(W, W_x=np.zeros(H)), ValueError, "W_x must have shape"),
+    ("W_c shape", dict(W, W_c=np.zeros((H, H + 1))), ValueError, r"W_c must have shape \(6, 6\)"),
+    ("b shape", dict(W, b=np.zeros(H + 1)), ValueError, r"b must have shape \(6,\)"),
+    ("W_h shape", dict(W, W_h=np.zeros((H, 2))), ValueError, "W_h"),
+    ("W_c complex", dict(W, W_c=np.zeros((H, H), complex)), TypeError, "complex"),
+    ("b object", dict(W, b=np.array([None] * H)), TypeError, "object"),
+    ("b string", dict(W, b=["x"] * H), TypeError, "string"),
+    ("weight nan", dict(W, W_c=np.where(np.eye(H) > 0, np.nan, 0.0)), ValueError,
+     r"W_c\[0, 0\]"),
+    ("weight inf after cast", dict(W, b=np.full(H, 1e300)), ValueError, r"b\[0\]"),
+    ("unknown score", dict(W, score="cosine"), ValueError, "expected one of"),
+    ("unknown dtype", dict(W, dtype="float16"), ValueError, "float32"),
+    ("window 0", dict(W, window=0), ValueError, "window"),
+    ("window float", dict(W, window=2.0), ValueError, "window"),
+    ("window bool", dict(W, window=True), ValueError, "window"),
+    ("general without W_s", dict(W, score="general"), ValueError, "W_s is required"),
+    ("kq without W_q", dict(W, score="kq", W_k=np.zeros((3, H))), ValueError, "W_q is required"),
+    ("additive without v", dict(W, score="additive", W_k=np.zeros((3, H)),
+                                W_q=np.zeros((3, H))), ValueError, "v is required"),
+    ("extra W_s for dot", dict(W, W_s=np.zeros((H, H))), ValueError, "not used"),
+    ("extra v for kq", dict(W, score="kq", W_k=np.zeros((3, H)), W_q=np.zeros((3, H)),
+                            v=np.zeros(3)), ValueError, "not used"),
+    ("W_q shape vs W_k", dict(W, score="kq", W_k=np.zeros((3, H)), W_q=np.zeros((2, H))),
+     ValueError, r"W_q must have shape \(3, 6\)"),
+]
+
+
+@pytest.mark.parametrize("case", CONSTRUCTOR_CASES, ids=lambda c: c[0])
+def test_constructor_errors(case):
+    _, kwargs, exc, match = case
+    with pytest.raises(exc, match=match):
+        fs.SelfAttentionRNN(**kwargs)
+
+
+def test_random_and_state_argument_errors():
+    with pytest.raises(ValueError, match="recurrence"):
+        fs.SelfAttentionRNN.random(3, 4, recurrence="lstm")
+    with pytest.raises(ValueError, match="attention_size"):
+        fs.SelfAttentionRNN.random(3, 4, attention_size=5)
+    with pytest.raises(ValueError, match=">= 1"):
+        fs.SelfAttentionRNN.random(0, 4)
+    with pytest.raises(TypeError, match="integer"):
+        fs.SelfAttentionRNN.random(3, 4.5)
+    m = make_model(D=D, H=H)
+    with pytest.raises(ValueError, match=">= 0"):
+        m.init_state(-1)
+    with pytest.raises(ValueError, match=">= 1"):
+        m.init_state(1, capacity=0)
+    st = m.init_state(2)
+    with pytest.raises(ValueError, match=r"rows must be in \[0, 2\)"):
+        st.reset(rows=[5])
+
+
+def test_known_but_unavailable_backend_raises(monkeypatch):
+    from fastsarnn import _registry
+    monkeypatch.setitem(_registry._loaded, "c", _registry._UnavailableBackend("c", "not built"))
+    assert fs.backends()["c"] == fs.BackendInfo(False, "not built")
+    m = make_model(D=D, H=H)
+    with pytest.raises(fs.BackendUnavailableError, match="not built"):
+        m.forward(make_x(1, 2, D), backend="c")
+    with pytest.raises(RuntimeError):
+        m.step(make_x(1, 1, D)[:, 0], m.init_state(1), backend="c")

@@ -1,0 +1,176 @@
+"""Every backend against the float64 NumPy reference, within SPEC section 3 tolerances.
+
+Written once, parametrised over backends by the ``backend`` fixture.
+"""
+
+import numpy as np
+import pytest
+
+from _helpers import RECURRENCES, SCORES, make_model, make_x, max_err, reference, tol
+
+B, T, D, H = 3, 11, 5, 8
+
+
+def assert_parity(model, got, ref):
+    t = tol(model)
+    for name in ("h", "c", "attention", "h_last", "c_last"):
+        a, b = getattr(got, name), getattr(ref, name)
+        if b is None:
+            assert a is None
+            continue
+        assert a.dtype == model.dtype, name
+        err = max_err(a, b)
+        assert err <= t, f"{name}: max abs error {err:.3g} > {t:g}"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("ragged", [False, True])
+@pytest.mark.parametrize("window", [None, 1, 4])
+@pytest.mark.parametrize("recurrence", RECURRENCES)
+@pytest.mark.parametrize("score", SCORES)
+def test_forward_matches_reference(backend, score, recurrence, window, ragged, dtype):
+    model = make_model(score=score, recurrence=recurrence, window=window, dtype=dtype, D=D, H=H,
+                       Ha=6)
+    x = make_x(B, T, D)
+    lengths = np.array([T, 0, 5]) if ragged else None
+    got = model.forward(x, lengths=lengths, return_attention=True, backend=backend)
+    assert_parity(model, got, reference(model, x, lengths=lengths, return_attention=True))
+    # Without attention output the states must be the same.
+    plain = model.forward(x, lengths=lengths, backend=backend)
+    assert plain.attention is None
+    assert max_err(plain.h, got.h) == 0 and max_err(plain.c, got.c) == 0
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_two_dimensional_input(backend, dtype):
+    model = make_model(dtype=dtype, D=D, H=H)
+    x = make_x(1, T, D)[0]
+    got = model.forward(x, lengths=7, return_attention=True, backend=backend)
+    ref = reference(model, x, lengths=7, return_attention=True)
+    assert got.h.shape == (T, H) and got.attention.shape == (T, T) and got.h_last.shape == (H,)
+    assert_parity(model, got, ref)
+
+
+def test_integer_and_half_inputs_are_cast(backend):
+    model = make_model(dtype="float32", D=D, H=H)
+    for x in (np.arange(2 * 4 * D).reshape(2, 4, D) % 3 - 1,
+              make_x(2, 4, D).astype(np.float16),
+              (np.arange(2 * 4 * D).reshape(2, 4, D) % 2).astype(np.uint8)):
+        got = model.forward(x, backend=backend)
+        assert got.h.dtype == np.float32
+        assert_parity(model, got, reference(model, x))
+
+
+def test_empty_inputs(backend):
+    model = make_model(D=D, H=H)
+    st = model.init_state(2)
+    model.forward(make_x(2, 3, D), state=st, backend=backend)
+    before = st.copy()
+    out = model.forward(np.zeros((2, 0, D)), state=st, return_attention=True, backend=backend)
+    assert out.h.shape == (2, 0, H) and out.attention.shape == (2, 0, 3)
+    assert np.array_equal(st.positions, before.positions) and np.array_equal(st.h, before.h)
+    np.testing.assert_array_equal(out.h_last, before.h)
+    out = model.forward(np.zeros((0, 4, D)), backend=backend, return_attention=True)
+    assert out.h.shape == (0, 4, H) and out.h_last.shape == (0, H)
+
+
+def random_chunks(rng, total):
+    sizes = []
+    while sum(sizes) < total:
+        sizes.append(int(min(rng.integers(1, 6), total - sum(sizes))))
+    return sizes
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("score", ["dot", "kq", "additive"])
+def test_chunked_streaming_equals_whole_forward(backend, score, window, dtype):
+    """Random mixes of step and forward(state=...) that cross capacity doubling (capacity 2)
+    and the ring buffer's wrap (window 3) equal one whole forward."""
+    model = make_model(score=score, recurrence="hc", window=window, dtype=dtype, D=D, H=H, Ha=4)
+    Bs, Ts = 2, 15
+    x = make_x(Bs, Ts, D)
+    ref = reference(model, x, return_attention=True)
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        st = model.init_state(Bs, capacity=2)
+        hs, cs, atts = [], [], []
+        t = 0
+        for n in random_chunks(rng, Ts):
+            if n == 1 and rng.random() < 0.5:
+                h_t, c_t = model.step(x[:, t], st, backend=backend)
+                hs.append(h_t[:, None]); cs.append(c_t[:, None])
+                atts.append(None)
+            else:
+                out = model.forward(x[:, t: t + n], state=st, return_attention=True,
+                                    backend=backend)
+                hs.append(out.h); cs.append(out.c)
+                assert out.attention.shape == (Bs, n, t + n)
+                atts.append((t, out.attention))
+            t += n
+            assert st.t == t
+        t_ = tol(model)
+        assert max_err(np.concatenate(hs, 1), ref.h) <= t_
+        assert max_err(np.concatenate(cs, 1), ref.c) <= t_
+        for item in atts:
+            if item is not None:
+                t0, a = item
+                assert max_err(a, ref.attention[:, t0: t0 + a.shape[1], : a.shape[2]]) <= t_
+        assert max_err(st.h, ref.h_last) <= t_ and max_err(st.c, ref.c_last) <= t_
+
+
+def test_step_with_active_rows(backend):
+    model = make_model(score="general", D=D, H=H)
+    x = make_x(3, 6, D)
+    st = model.init_state(3, capacity=1)
+    active_pattern = [[1, 1, 1], [1, 0, 1], [0, 0, 1], [1, 1, 0], [1, 0, 1], [1, 1, 1]]
+    streams = [[], [], []]
+    for t, act in enumerate(active_pattern):
+        act = np.array(act, dtype=bool)
+        h_t, c_t = model.step(x[:, t], st, active=act, backend=backend)
+        for b in range(3):
+            if act[b]:
+                streams[b].append(h_t[b])
+            else:
+                assert np.all(h_t[b] == 0) and np.all(c_t[b] == 0)
+    assert st.positions.tolist() == [sum(r[b] for r in active_pattern) for b in range(3)]
+    # each stream equals the reference run over exactly the inputs it consumed
+    for b in range(3):
+        consumed = x[b, [t for t, r in enumerate(active_pattern) if r[b]]]
+        ref = reference(model, consumed)
+        assert max_err(np.array(streams[b]), ref.h) <= tol(model)
+
+
+def test_state_from_reference_continues_on_backend(backend):
+    """The state layout is shared: a stream may switch backend between calls."""
+    model = make_model(score="kq", window=4, D=D, H=H, Ha=5, dtype="float32")
+    x = make_x(2, 12, D)
+    st = model.init_state(2)
+    a = model.forward(x[:, :7], state=st, backend="numpy")
+    b = model.forward(x[:, 7:], state=st, backend=backend)
+    c = model.forward(x[:, 7:9], state=model.init_state(2), backend=backend)  # fresh: differs
+    ref = reference(model, x)
+    assert max_err(np.concatenate([a.h, b.h], 1), ref.h) <= tol(model)
+    assert max_err(c.h, ref.h[:, 7:9]) > tol(model)
+
+
+def test_reset_rows_starts_a_new_stream(backend):
+    model = make_model(D=D, H=H)
+    x = make_x(2, 8, D)
+    st = model.init_state(2)
+    model.forward(x[:, :5], state=st, backend=backend)
+    st.reset(rows=[1])
+    assert st.positions.tolist() == [5, 0]
+    out = model.forward(x[:, 5:], state=st, backend=backend)
+    ref_row0 = reference(model, x[:1])
+    ref_row1 = reference(model, x[1:, 5:])
+    assert max_err(out.h[0], ref_row0.h[0, 5:]) <= tol(model)
+    assert max_err(out.h[1], ref_row1.h[0]) <= tol(model)
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_num_threads(backend, num_threads):
+    model = make_model(D=D, H=H, dtype="float32")
+    x = make_x(5, 6, D)
+    got = model.forward(x, backend=backend, num_threads=num_threads)
+    assert max_err(got.c, reference(model, x).c) <= tol(model)
