@@ -1,0 +1,244 @@
+/* sarnn_kernel.h: the per-sequence kernel, instantiated by sarnn.c once per dtype.
+ *
+ * The includer defines REAL (float or double), SFX(name) (name##_f32 / name##_f64) and
+ * EXP, TANH, SQRT for REAL. Every helper is always_inline so that each ISA wrapper in
+ * sarnn.c compiles the whole kernel for its own target (AVX2+FMA or baseline x86-64).
+ *
+ * Fast-math is on (compile flags only): no helper relies on inf or NaN. The running max of
+ * the online softmax starts from the first score, never from -inf.
+ */
+
+/* s = a . b over n elements */
+INLINE REAL SFX(dot)(const REAL *restrict a, const REAL *restrict b, int64_t n)
+{
+    REAL s = 0;
+    for (int64_t k = 0; k < n; k++)
+        s += a[k] * b[k];
+    return s;
+}
+
+/* e[i] = rows[i] . q for the SARNN_BLOCK rows rows[i] = base + i*n: eight independent
+ * reductions in one pass, so the FMA chains overlap and q is read once per column. */
+INLINE void SFX(dot_block)(const REAL *restrict base, int64_t n, const REAL *restrict q,
+                           REAL *restrict e)
+{
+    const REAL *r0 = base, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
+    const REAL *r4 = r3 + n, *r5 = r4 + n, *r6 = r5 + n, *r7 = r6 + n;
+    REAL s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+    for (int64_t k = 0; k < n; k++) {
+        REAL qk = q[k];
+        s0 += r0[k] * qk; s1 += r1[k] * qk; s2 += r2[k] * qk; s3 += r3[k] * qk;
+        s4 += r4[k] * qk; s5 += r5[k] * qk; s6 += r6[k] * qk; s7 += r7[k] * qk;
+    }
+    e[0] = s0; e[1] = s1; e[2] = s2; e[3] = s3; e[4] = s4; e[5] = s5; e[6] = s6; e[7] = s7;
+}
+
+/* y[j] += A[j, :] . x for j < rows (A is rows x n, row-major), four rows per pass. */
+INLINE void SFX(gemv_acc)(REAL *restrict y, const REAL *restrict A, const REAL *restrict x,
+                          int64_t rows, int64_t n)
+{
+    int64_t j = 0;
+    for (; j + 4 <= rows; j += 4) {
+        const REAL *a0 = A + j * n, *a1 = a0 + n, *a2 = a1 + n, *a3 = a2 + n;
+        REAL s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (int64_t k = 0; k < n; k++) {
+            REAL xk = x[k];
+            s0 += a0[k] * xk; s1 += a1[k] * xk; s2 += a2[k] * xk; s3 += a3[k] * xk;
+        }
+        y[j] += s0; y[j + 1] += s1; y[j + 2] += s2; y[j + 3] += s3;
+    }
+    for (; j < rows; j++)
+        y[j] += SFX(dot)(A + j * n, x, n);
+}
+
+/* Input projection for every step at once: out[r, :] = W_x x[r, :] + b for r < len
+ * (a (len x D) x (D x H) product; four steps share each row of W_x). */
+INLINE void SFX(project)(REAL *restrict out, const REAL *restrict W_x, const REAL *restrict b,
+                         const REAL *restrict x, int64_t len, int64_t H, int64_t D)
+{
+    int64_t r = 0;
+    for (; r + 4 <= len; r += 4) {
+        const REAL *x0 = x + r * D, *x1 = x0 + D, *x2 = x1 + D, *x3 = x2 + D;
+        REAL *o0 = out + r * H, *o1 = o0 + H, *o2 = o1 + H, *o3 = o2 + H;
+        for (int64_t j = 0; j < H; j++) {
+            const REAL *w = W_x + j * D;
+            REAL s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            for (int64_t k = 0; k < D; k++) {
+                REAL wk = w[k];
+                s0 += wk * x0[k]; s1 += wk * x1[k]; s2 += wk * x2[k]; s3 += wk * x3[k];
+            }
+            o0[j] = s0 + b[j]; o1[j] = s1 + b[j]; o2[j] = s2 + b[j]; o3[j] = s3 + b[j];
+        }
+    }
+    for (; r < len; r++)
+        for (int64_t j = 0; j < H; j++)
+            out[r * H + j] = SFX(dot)(W_x + j * D, x + r * D, D) + b[j];
+}
+
+/* Online softmax over a run of n consecutive history slots, folded into (m, l, acc):
+ * invariant after each block, over every row i seen so far,
+ *   m = max_i e_i,   l = sum_i exp(e_i - m),   acc = sum_i exp(e_i - m) vals[i].
+ * Scores come from krows (kdim wide: states, or cached keys), values from vals (H wide).
+ * Each row is read once from memory: its block is scored, then summed while still in L1.
+ * Raw scores go to e_out[i] when e_out is not NULL (for the attention output). */
+INLINE void SFX(attend_run)(int score, const REAL *restrict krows, int64_t kdim,
+                            const REAL *restrict vals, int64_t H, int64_t n,
+                            const REAL *restrict q, const REAL *restrict v,
+                            REAL *restrict acc, REAL *m_io, REAL *l_io, int *started,
+                            REAL *restrict e_out)
+{
+    REAL m = *m_io, l = *l_io;
+    for (int64_t i0 = 0; i0 < n; i0 += SARNN_BLOCK) {
+        int64_t nb = n - i0 < SARNN_BLOCK ? n - i0 : SARNN_BLOCK;
+        const REAL *kb = krows + i0 * kdim;
+        const REAL *vb = vals + i0 * H;
+        REAL e[SARNN_BLOCK], p[SARNN_BLOCK];
+        if (score == 4) {            /* additive: e_i = v . tanh(k_i + q) */
+            for (int64_t i = 0; i < nb; i++) {
+                const REAL *k_i = kb + i * kdim;
+                REAL s = 0;
+                for (int64_t a = 0; a < kdim; a++)
+                    s += v[a] * TANH(k_i[a] + q[a]);
+                e[i] = s;
+            }
+        } else if (nb == SARNN_BLOCK) {
+            SFX(dot_block)(kb, kdim, q, e);
+        } else {
+            for (int64_t i = 0; i < nb; i++)
+                e[i] = SFX(dot)(kb + i * kdim, q, kdim);
+        }
+        if (e_out)
+            for (int64_t i = 0; i < nb; i++)
+                e_out[i0 + i] = e[i];
+        REAL bm = e[0];
+        for (int64_t i = 1; i < nb; i++)
+            bm = e[i] > bm ? e[i] : bm;
+        if (!*started) {
+            m = bm;
+            l = 0;
+            *started = 1;
+        } else if (bm > m) {         /* new running max: rescale what was summed so far */
+            REAL scale = EXP(m - bm);
+            l *= scale;
+            for (int64_t k = 0; k < H; k++)
+                acc[k] *= scale;
+            m = bm;
+        }
+        if (nb == SARNN_BLOCK) {
+            for (int64_t i = 0; i < SARNN_BLOCK; i++)
+                p[i] = EXP(e[i] - m);
+            l += ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+            const REAL *v0 = vb, *v1 = v0 + H, *v2 = v1 + H, *v3 = v2 + H;
+            const REAL *v4 = v3 + H, *v5 = v4 + H, *v6 = v5 + H, *v7 = v6 + H;
+            for (int64_t k = 0; k < H; k++)
+                acc[k] += ((p[0] * v0[k] + p[1] * v1[k]) + (p[2] * v2[k] + p[3] * v3[k]))
+                        + ((p[4] * v4[k] + p[5] * v5[k]) + (p[6] * v6[k] + p[7] * v7[k]));
+        } else {
+            for (int64_t i = 0; i < nb; i++) {
+                REAL pi = EXP(e[i] - m);
+                const REAL *vi = vb + i * H;
+                l += pi;
+                for (int64_t k = 0; k < H; k++)
+                    acc[k] += pi * vi[k];
+            }
+        }
+    }
+    *m_io = m;
+    *l_io = l;
+}
+
+/* One sequence, len steps of SPEC section 1, continuing from its state:
+ *   hist/keys: this sequence's (capacity x H) / (capacity x Ha) history,
+ *   hs, cs: its last h and c (read as h_{t-1}, c_{t-1}; overwritten with h_t, c_t),
+ *   *pos_io: positions consumed so far (advanced by len),
+ *   out_h, out_c: (len x H) rows; out_h first holds the input projection of each step,
+ *   attn: NULL or (len x attn_cols), column = absolute position,
+ *   work: max(H, Ha) + H scratch values. */
+INLINE void SFX(run_sequence)(const sarnn_model *mdl, REAL *hist, REAL *keys, REAL *hs,
+                              REAL *cs, int64_t *pos_io, const REAL *x, int64_t len,
+                              REAL *out_h, REAL *out_c, REAL *attn, int64_t attn_cols,
+                              REAL *work)
+{
+    const int64_t H = mdl->H, D = mdl->D, Ha = mdl->Ha, W = mdl->window;
+    const int score = mdl->score;
+    const REAL *W_x = (const REAL *)mdl->W_x, *W_c = (const REAL *)mdl->W_c;
+    const REAL *bias = (const REAL *)mdl->b, *W_h = (const REAL *)mdl->W_h;
+    const REAL *W_s = (const REAL *)mdl->W_s, *W_k = (const REAL *)mdl->W_k;
+    const REAL *W_q = (const REAL *)mdl->W_q, *v = (const REAL *)mdl->v;
+    const int keyed = score >= 3;
+    const int64_t kdim = keyed ? Ha : H;
+    const REAL *krows = keyed ? keys : hist;
+    const REAL inv_sqrt_h = (REAL)1 / SQRT((REAL)H);
+    REAL *q = work;
+    REAL *acc = work + (Ha > H ? Ha : H);
+    const int64_t pos0 = *pos_io;
+
+    SFX(project)(out_h, W_x, bias, x, len, H, D);
+    for (int64_t r = 0; r < len; r++) {
+        const int64_t p = pos0 + r;
+        REAL *h_t = out_h + r * H;
+        /* 1. h_t = tanh(W_x x_t + b + W_c c_{t-1} [+ W_h h_{t-1}]) */
+        SFX(gemv_acc)(h_t, W_c, cs, H, H);
+        if (mdl->recurrence == 1)
+            SFX(gemv_acc)(h_t, W_h, hs, H, H);
+        for (int64_t j = 0; j < H; j++)
+            h_t[j] = TANH(h_t[j]);
+        /* 2. append h_t (and its key k_t = W_k h_t) at slot p % W, or p */
+        const int64_t slot = W ? p % W : p;
+        REAL *hslot = hist + slot * H;
+        for (int64_t j = 0; j < H; j++) {
+            hslot[j] = h_t[j];
+            hs[j] = h_t[j];
+        }
+        if (keyed) {
+            REAL *kslot = keys + slot * Ha;
+            for (int64_t a = 0; a < Ha; a++)
+                kslot[a] = 0;
+            SFX(gemv_acc)(kslot, W_k, h_t, Ha, H);
+        }
+        /* 3. the query each score is a dot product with (additive: added to the keys) */
+        const REAL *qv = q;
+        if (score == 0) {
+            qv = h_t;
+        } else if (score == 1) {
+            for (int64_t j = 0; j < H; j++)
+                q[j] = h_t[j] * inv_sqrt_h;
+        } else {
+            const REAL *Wq = score == 2 ? W_s : W_q;
+            for (int64_t a = 0; a < kdim; a++)
+                q[a] = 0;
+            SFX(gemv_acc)(q, Wq, h_t, kdim, H);
+        }
+        /* 3-5. one fused pass over S_t = {first .. p}: scores, online softmax, sum */
+        const int64_t first = (W && p - W + 1 > 0) ? p - W + 1 : 0;
+        const int64_t n = p - first + 1;
+        REAL m = 0, l = 0;
+        int started = 0;
+        REAL *e_row = attn ? attn + r * attn_cols + first : 0;
+        for (int64_t k = 0; k < H; k++)
+            acc[k] = 0;
+        if (W) {   /* ring buffer: slots first%W .. W-1, then 0 .. */
+            const int64_t s0 = first % W;
+            const int64_t n1 = n < W - s0 ? n : W - s0;
+            SFX(attend_run)(score, krows + s0 * kdim, kdim, hist + s0 * H, H, n1, qv, v, acc,
+                            &m, &l, &started, e_row);
+            if (n1 < n)
+                SFX(attend_run)(score, krows, kdim, hist, H, n - n1, qv, v, acc, &m, &l,
+                                &started, e_row ? e_row + n1 : 0);
+        } else {
+            SFX(attend_run)(score, krows + first * kdim, kdim, hist + first * H, H, n, qv, v,
+                            acc, &m, &l, &started, e_row);
+        }
+        /* 5. c_t = acc / l */
+        const REAL inv_l = (REAL)1 / l;
+        REAL *c_t = out_c + r * H;
+        for (int64_t k = 0; k < H; k++) {
+            c_t[k] = acc[k] * inv_l;
+            cs[k] = c_t[k];
+        }
+        if (e_row)
+            for (int64_t i = 0; i < n; i++)
+                e_row[i] = EXP(e_row[i] - m) * inv_l;
+    }
+    *pos_io = pos0 + len;
+}
