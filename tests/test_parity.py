@@ -35,10 +35,10 @@ def test_forward_matches_reference(backend, score, recurrence, window, ragged, d
     lengths = np.array([T, 0, 5]) if ragged else None
     got = model.forward(x, lengths=lengths, return_attention=True, backend=backend)
     assert_parity(model, got, reference(model, x, lengths=lengths, return_attention=True))
-    # Without attention output the states must be the same.
+    # Without attention output the states are the same (up to rounding of another code path).
     plain = model.forward(x, lengths=lengths, backend=backend)
     assert plain.attention is None
-    assert max_err(plain.h, got.h) == 0 and max_err(plain.c, got.c) == 0
+    assert max_err(plain.h, got.h) <= tol(model) and max_err(plain.c, got.c) <= tol(model)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
