@@ -187,9 +187,9 @@ def test_call_is_forward():
     assert np.array_equal(m(x, backend="numpy").h, m.forward(x, backend="numpy").h)
 
 
-def test_info_command_lists_every_backend():
+def test_info_command_lists_every_backend(tmp_path):
     res = subprocess.run([sys.executable, "-m", "fastsarnn", "info"], capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, cwd=str(tmp_path))
     assert res.returncode == 0, res.stderr
     for name in ("numpy", "numba", "c", "cuda"):
         assert f"  {name} " in res.stdout
