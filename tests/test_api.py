@@ -205,5 +205,6 @@ def test_imported_package_is_the_installed_one():
         installed = os.path.realpath(dist.locate_file("fastsarnn/__init__.py"))
         assert "fastsarnn/__init__.py" in files
         assert os.path.realpath(fs.__file__) == installed
-        src_root = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir))
-        assert not os.path.realpath(fs.__file__).startswith(src_root + os.sep)
+        src_pkg = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir,
+                                                "fastsarnn", "__init__.py"))
+        assert os.path.realpath(fs.__file__) != src_pkg
