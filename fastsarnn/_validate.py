@@ -13,9 +13,18 @@ _BAD_KINDS = {
 }
 
 
+def is_device_array(value) -> bool:
+    """A GPU array: anything exposing ``__cuda_array_interface__`` (Numba, CuPy, torch) or
+    the CUDA simulator's stand-in for one."""
+    if isinstance(value, np.ndarray):
+        return False
+    return (hasattr(value, "__cuda_array_interface__")
+            or type(value).__name__ in ("FakeCUDAArray", "DeviceNDArray"))
+
+
 def real_array(name: str, value) -> np.ndarray:
     """``value`` as an ndarray of integer, unsigned or float dtype, else ``TypeError``."""
-    if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
+    if is_device_array(value):
         raise TypeError(
             f"{name} is a device array; only backend='cuda' accepts device arrays, "
             "use a NumPy array for CPU backends"

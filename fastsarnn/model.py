@@ -262,17 +262,19 @@ class SelfAttentionRNN:
             ``(h, c, attention, h_last, c_last)``.
         """
         be = _registry.resolve(backend)
-        if getattr(be, "ACCEPTS_DEVICE_ARRAYS", False) and be.is_device_array(x):
-            return be.forward_device(self, x, lengths=lengths, state=state,
-                                     return_attention=return_attention,
-                                     check_finite=check_finite)
-        x = _validate.real_array("x", x)
+        on_device = getattr(be, "ACCEPTS_DEVICE_ARRAYS", False) and be.is_device_array(x)
+        if on_device:   # device arrays in, device arrays out (backend "cuda")
+            x = be.as_device_array(x)
+            if x.dtype != self._dtype:
+                raise TypeError(f"device input x must already have the model dtype "
+                                f"{self._dtype.name}; got {x.dtype}")
+        else:
+            x = _validate.real_array("x", x)
         if x.ndim not in (2, 3):
             raise ValueError(f"x must have shape (T, {self._D}) or (B, T, {self._D}); got "
                              f"shape {_validate.shape_str(x.shape)}")
         two_d = x.ndim == 2
-        x3 = x[None] if two_d else x
-        B, T, D = x3.shape
+        B, T, D = (1,) + tuple(x.shape) if two_d else tuple(x.shape)
         if D != self._D:
             raise ValueError(f"x must have shape (..., T, {self._D}) (input size "
                              f"D = {self._D}); got shape {_validate.shape_str(x.shape)}")
@@ -280,29 +282,40 @@ class SelfAttentionRNN:
         nt = _validate.num_threads(num_threads)
         if state is not None:
             self._check_state(state, B)
-        xc = _validate.cast(x3, self._dtype)
-        if check_finite and not np.isfinite(xc).all():
-            mask = (np.arange(T)[None, :] < lens[:, None])[:, :, None]
-            _validate.first_nonfinite("x", xc if not two_d else xc[0],
-                                      mask if not two_d else mask[0])
-        # -- all checks passed: from here on nothing may fail for the user's input --------
-        st = state
-        if st is None:
-            st = self.init_state(B, capacity=max(T, 1))
+        if on_device:
+            xc = be.contiguous(x).reshape(B, T, D)
+            if check_finite:
+                bad = be.first_nonfinite(xc, lens)
+                if bad is not None:
+                    idx = bad[1:] if two_d else bad
+                    raise ValueError(f"x[{', '.join(map(str, idx))}] is not finite; expected "
+                                     "finite values (pass check_finite=False to skip)")
         else:
-            st._sync_host() if not getattr(be, "DEVICE", False) else None
+            xc = _validate.cast(x.reshape(B, T, D), self._dtype)
+            if check_finite and not np.isfinite(xc).all():
+                mask = (np.arange(T)[None, :] < lens[:, None])[:, :, None]
+                _validate.first_nonfinite("x", xc if not two_d else xc[0],
+                                          mask if not two_d else mask[0])
+        # -- all checks passed: from here on nothing may fail for the user's input --------
+        device = getattr(be, "DEVICE", False)
+        st = state if state is not None else self.init_state(B, capacity=max(T, 1))
+        if not device:
+            st._sync_host()
         t0 = int(st.positions.max()) if B else 0
         if B and T:
             st._ensure_capacity(int((st.positions + lens).max()))
         H = self._H
-        out_h = np.zeros((B, T, H), dtype=self._dtype)
-        out_c = np.zeros((B, T, H), dtype=self._dtype)
-        attn = np.zeros((B, T, t0 + T), dtype=self._dtype) if return_attention else None
+        zeros = be.zeros if on_device else np.zeros
+        out_h = zeros((B, T, H), dtype=self._dtype)
+        out_c = zeros((B, T, H), dtype=self._dtype)
+        attn = zeros((B, T, t0 + T), dtype=self._dtype) if return_attention else None
         if B and T:
             be.forward(self._kernel, xc, lens, st, out_h, out_c, attn, nt)
-            if not getattr(be, "DEVICE", False):
+            if not device:
                 st._host_changed()
         h_last, c_last = st.h.copy(), st.c.copy()
+        if on_device:
+            h_last, c_last = be.to_device(h_last), be.to_device(c_last)
         if two_d:
             return Output(out_h[0], out_c[0], None if attn is None else attn[0],
                           h_last[0], c_last[0])

@@ -44,8 +44,11 @@ class State:
 
     @property
     def t(self) -> int:
-        """Steps consumed by the longest stream: ``int(positions.max())`` (0 when empty)."""
-        self._sync_host()
+        """Steps consumed by the longest stream: ``int(positions.max())`` (0 when empty).
+
+        ``positions``, ``h`` and ``c`` on the host are always current (a device backend
+        copies them back after each call); only ``hist``/``keys`` may live on the device.
+        """
         return int(self.positions.max()) if self.positions.size else 0
 
     def reset(self, rows=None) -> None:

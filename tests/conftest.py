@@ -38,3 +38,13 @@ def pytest_report_header(config):
         lines.append(f"  backend {name}: " + ("available" if info.available
                                               else f"unavailable ({info.reason})"))
     return lines
+
+
+@pytest.fixture(autouse=True)
+def _small_cuda_blocks(request, monkeypatch):
+    """CUDA runs use tiny blocks (FASTSARNN_TEST_CUDA_BLOCK, default 4) so that small inputs
+    span several blocks and leave partial ones (H, Ha and n not multiples of the block)."""
+    if "backend" in request.fixturenames and request.getfixturevalue("backend") == "cuda":
+        from fastsarnn import _config
+        monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE",
+                            int(os.environ.get("FASTSARNN_TEST_CUDA_BLOCK", "4")))
