@@ -42,6 +42,8 @@ def real_array(name: str, value) -> np.ndarray:
 def cast(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """C-contiguous copy-if-needed of ``arr`` in ``dtype`` (overflow to inf is left to
     :func:`check_finite`)."""
+    if arr.dtype == dtype and arr.flags.c_contiguous:
+        return arr
     with np.errstate(over="ignore", invalid="ignore"):
         return np.ascontiguousarray(arr, dtype=dtype)
 

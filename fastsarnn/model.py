@@ -353,7 +353,9 @@ class SelfAttentionRNN:
         x2 = x[None] if one_d else x
         self._check_state(state, x2.shape[0])
         if active is None:
-            act = np.ones(B, dtype=np.bool_)
+            act = state._cache.get("all_active")
+            if act is None or act.shape[0] != B:
+                act = state._cache["all_active"] = np.ones(B, dtype=np.bool_)
         else:
             act = np.asarray(active)
             if act.dtype.kind != "b":
