@@ -130,9 +130,19 @@ INLINE void SFX(attend_run)(int score, const REAL *restrict krows, int64_t kdim,
             l += ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
             const REAL *v0 = vb, *v1 = v0 + H, *v2 = v1 + H, *v3 = v2 + H;
             const REAL *v4 = v3 + H, *v5 = v4 + H, *v6 = v5 + H, *v7 = v6 + H;
-            for (int64_t k = 0; k < H; k++)
-                acc[k] += ((p[0] * v0[k] + p[1] * v1[k]) + (p[2] * v2[k] + p[3] * v3[k]))
-                        + ((p[4] * v4[k] + p[5] * v5[k]) + (p[6] * v6[k] + p[7] * v7[k]));
+            const REAL p0 = p[0], p1 = p[1], p2 = p[2], p3 = p[3];
+            const REAL p4 = p[4], p5 = p[5], p6 = p[6], p7 = p[7];
+            for (int64_t k = 0; k < H; k++) {
+                REAL a = acc[k] + p0 * v0[k];
+                a += p1 * v1[k];
+                a += p2 * v2[k];
+                a += p3 * v3[k];
+                a += p4 * v4[k];
+                a += p5 * v5[k];
+                a += p6 * v6[k];
+                a += p7 * v7[k];
+                acc[k] = a;
+            }
         } else {
             for (int64_t i = 0; i < nb; i++) {
                 REAL pi = EXP(e[i] - m);
