@@ -125,6 +125,7 @@ INLINE void SFX(attend_run)(int score, const REAL *restrict krows, int64_t kdim,
             m = bm;
         }
         if (nb == SARNN_BLOCK) {
+            _Pragma("omp simd")
             for (int64_t i = 0; i < SARNN_BLOCK; i++)
                 p[i] = EXP(e[i] - m);
             l += ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
