@@ -112,17 +112,17 @@ def make_problem(cfg: Config):
 
 def runner(cfg: Config, model, x, who: str):
     """A zero-argument callable that runs ``cfg`` once with ``who`` and returns (h, c)."""
-    if who == "torch":
-        from .peers import TorchLoop
-        loop = TorchLoop(model)
+    if who in ("torch", "jax"):
+        from .peers import JaxScan, TorchLoop
+        loop = TorchLoop(model) if who == "torch" else JaxScan(model)
         if not cfg.step:
             return lambda: loop.forward(x)
 
-        def run_torch_steps():
+        def run_peer_steps():
             step = loop.stepper(cfg.B, cfg.T)
             outs = [step(x[:, t]) for t in range(cfg.T)]
             return np.stack([o[0] for o in outs], 1), np.stack([o[1] for o in outs], 1)
-        return run_torch_steps
+        return run_peer_steps
     if not cfg.step:
         def run_forward():
             out = model.forward(x, backend=who)
@@ -149,21 +149,21 @@ def _with_single_thread_blas(run):
 def available_runners(backends=None):
     """Names to benchmark: available backends (never silently dropping an explicit one),
     then the peers that are installed."""
-    from .peers import torch_available
+    from .peers import jax_available, torch_available
     info = _registry.backends()
+    peers = {"torch": torch_available, "jax": jax_available}
     if backends:
         for b in backends:
-            if b != "torch" and not info[b].available:
+            if b in peers:
+                if not peers[b]():
+                    raise _registry.BackendUnavailableError(
+                        f"peer {b!r} is not installed (pip install {b})")
+            elif not info[b].available:
                 raise _registry.BackendUnavailableError(
                     f"backend {b!r} is unavailable: {info[b].reason}")
-            if b == "torch" and not torch_available():
-                raise _registry.BackendUnavailableError("peer 'torch' is not installed "
-                                                        "(pip install 'fastsarnn[peers]')")
         return list(backends)
     names = [n for n in ("c", "numba", "cuda") if info[n].available] + ["numpy"]
-    if torch_available():
-        names.append("torch")
-    return names
+    return names + [p for p, ok in peers.items() if ok()]
 
 
 def run_config(cfg: Config, names, repeat: int, sgemm: float | None = None, progress=None):
@@ -191,7 +191,7 @@ def run_config(cfg: Config, names, repeat: int, sgemm: float | None = None, prog
         med = statistics.median(times)
         rec = {
             "config": cfg.name, "backend": who,
-            "kind": "peer" if who == "torch" else (
+            "kind": "peer" if who in ("torch", "jax") else (
                 "reference" if who == "numpy" else "backend"),
             "B": cfg.B, "T": cfg.T, "D": cfg.D, "H": cfg.H, "window": cfg.window,
             "score": cfg.score, "recurrence": cfg.recurrence, "dtype": cfg.dtype,
@@ -330,7 +330,7 @@ def run_cli(args, parser) -> int:
     req = None
     if args.backends:
         req = [b.strip() for b in args.backends.split(",") if b.strip()]
-        valid = list(_registry.BACKEND_MODULES) + ["torch"]
+        valid = list(_registry.BACKEND_MODULES) + ["torch", "jax"]
         bad = [b for b in req if b not in valid]
         if bad:
             parser.error(f"unknown backend(s) {bad}; expected names from {valid}")
@@ -364,7 +364,7 @@ def run_cli(args, parser) -> int:
             json.dump({"machine": machine_info(), "sgemm_gflops": sgemm,
                        "records": records}, f, indent=1)
     if args.plot:
-        sweep = scaling_sweep([n for n in names if n != "torch"], args.quick)
+        sweep = scaling_sweep([n for n in names if n not in ("torch", "jax")], args.quick)
         plot(records, sweep, args.plot)
     bad = [r for r in records if not r["within_tolerance"]]
     if bad:

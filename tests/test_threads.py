@@ -3,6 +3,7 @@
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
 from _helpers import make_model, make_x, max_err
 
@@ -23,3 +24,30 @@ def test_concurrent_forward_equals_serial(backend):
             results = list(pool.map(run, range(len(xs))))
             for got, want in zip(results, serial):
                 assert max_err(got, want) <= 1e-6
+
+
+def test_numba_num_threads_is_honoured_and_restored():
+    import fastsarnn as fs
+    if not fs.backends()["numba"].available:
+        pytest.skip("numba backend unavailable")
+    import numba
+    from fastsarnn.backends import numba_cpu
+    model = make_model(D=4, H=8, dtype="float32")
+    x = make_x(4, 5, 4)
+    before = numba.get_num_threads()
+    seen = []
+    real = numba_cpu._forward_parallel
+
+    class Spy:
+        def __call__(self, *args):
+            seen.append(numba.get_num_threads())
+            return real(*args)
+
+    try:
+        numba_cpu._forward_parallel = Spy()
+        model.forward(x, backend="numba", num_threads=1)     # serial driver, no change
+        model.forward(x, backend="numba", num_threads=2)
+    finally:
+        numba_cpu._forward_parallel = real
+    assert seen == [min(2, numba.config.NUMBA_NUM_THREADS)]
+    assert numba.get_num_threads() == before
