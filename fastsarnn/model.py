@@ -61,6 +61,10 @@ def _required_params(score: str, recurrence: str) -> tuple:
     return tuple(names)
 
 
+def _rebuild(params, score, window, dtype):
+    return SelfAttentionRNN(**params, score=score, window=window, dtype=dtype)
+
+
 class SelfAttentionRNN:
     """Simple RNN with self-attention over its own history (SPEC section 1).
 
@@ -190,6 +194,11 @@ class SelfAttentionRNN:
             raise ValueError(f"unknown parameters in {path!r}: {sorted(unknown)}")
         return cls(**arrays, score=config["score"], window=config["window"],
                    dtype=config["dtype"])
+
+    def __reduce__(self):
+        # Pickle the weights and configuration only (not the backends' prepared pointers):
+        # what Dask sends to its workers, once.
+        return (_rebuild, (self._params, self._score, self._window, self._dtype.name))
 
     # -- properties ----------------------------------------------------------------------
     input_size = property(lambda self: self._D, doc="D, the input size.")
