@@ -13,9 +13,16 @@ from ._registry import (BackendInfo, BackendUnavailableError, backends, get_back
 from .model import Output, SelfAttentionRNN
 from .state import State
 
+
+def plot_attention(attention, tokens=None, **kwargs):
+    """A matplotlib heat map of one sequence's attention ``(steps, positions)``; returns the
+    figure (see :func:`fastsarnn.demo.plot_attention`)."""
+    from .demo import plot_attention as _plot
+    return _plot(attention, tokens, **kwargs)
+
 __version__ = "0.1.0"
 
 __all__ = [
     "SelfAttentionRNN", "Output", "State", "BackendInfo", "BackendUnavailableError",
-    "backends", "get_backend", "set_backend", "use_backend", "__version__",
+    "backends", "get_backend", "set_backend", "use_backend", "plot_attention", "__version__",
 ]

@@ -68,7 +68,18 @@ def main(argv=None) -> int:
         _bench.add_arguments(bench)
     except ImportError:
         _bench = None
+    demo = sub.add_parser("demo", help="the shipped recall models: accuracy and attention map")
+    demo.add_argument("--n", type=int, default=500, help="fresh examples to evaluate")
+    demo.add_argument("--seed", type=int, default=2024)
+    demo.add_argument("--backend", default=None, help="backend (default: the fastest)")
+    demo.add_argument("--plot", metavar="FILE.png", help="write a matplotlib heat map")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        from . import demo as _demo
+        if args.n < 1:
+            parser.error(f"--n must be >= 1; got {args.n}")
+        _demo.run(n=args.n, seed=args.seed, backend=args.backend, plot=args.plot)
+        return 0
     if args.command == "info":
         info()
         return 0

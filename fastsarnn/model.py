@@ -169,6 +169,13 @@ class SelfAttentionRNN:
                  for name in PARAM_NAMES if name in _required_params(score, recurrence)}
         return cls(**drawn, score=score, window=window, dtype=dtype)
 
+    @classmethod
+    def from_torch(cls, module_or_state_dict) -> "SelfAttentionRNN":
+        """A model from a :class:`fastsarnn.torch.SelfAttentionRNN` or its state dict
+        (exact weights; the configuration travels in the state dict)."""
+        from .torch import model_from_state_dict
+        return model_from_state_dict(module_or_state_dict)
+
     def astype(self, dtype) -> "SelfAttentionRNN":
         """The same model with its weights cast to ``dtype``."""
         return SelfAttentionRNN(**self._params, score=self._score, window=self._window,
