@@ -49,10 +49,22 @@ class TorchLoop:
         a = torch.softmax(e, dim=1)
         return torch.bmm(a.unsqueeze(1), Hs).squeeze(1)
 
+    def _step(self, proj_t, h, c, hist, keys, t):
+        """One step from the projected input: update, append (and key), attend."""
+        torch, P, W = self.torch, self.P, self.model.window
+        pre = proj_t + c @ P["W_c"].T
+        if "W_h" in P:
+            pre = pre + h @ P["W_h"].T
+        h = torch.tanh(pre)
+        hist[:, t] = h
+        if keys is not None:
+            keys[:, t] = h @ P["W_k"].T
+        lo = 0 if W is None else max(0, t - W + 1)
+        return h, self._attend(hist, keys, lo, t, h)
+
     def forward(self, x: np.ndarray):
         """(B, T, D) -> (h, c) as NumPy arrays (B, T, H)."""
         torch, P, m = self.torch, self.P, self.model
-        W = m.window
         with torch.inference_mode():
             X = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtype)
             B, T, _ = X.shape
@@ -65,15 +77,7 @@ class TorchLoop:
             h = torch.zeros(B, H, dtype=self.dtype, device=self.device)
             c = torch.zeros(B, H, dtype=self.dtype, device=self.device)
             for t in range(T):
-                pre = proj[:, t] + c @ P["W_c"].T
-                if "W_h" in P:
-                    pre = pre + h @ P["W_h"].T
-                h = torch.tanh(pre)
-                hist[:, t] = h
-                if keys is not None:
-                    keys[:, t] = h @ P["W_k"].T
-                lo = 0 if W is None else max(0, t - W + 1)
-                c = self._attend(hist, keys, lo, t, h)
+                h, c = self._step(proj[:, t], h, c, hist, keys, t)
                 out_c[:, t] = c
             if self.device != "cpu":
                 torch.cuda.synchronize()
@@ -82,7 +86,7 @@ class TorchLoop:
     def stepper(self, batch: int, steps: int):
         """A per-token loop: returns ``step(x_t) -> (h_t, c_t)`` with its own history."""
         torch, P, m = self.torch, self.P, self.model
-        H, W = m.hidden_size, m.window
+        H = m.hidden_size
         hist = torch.zeros(batch, steps, H, dtype=self.dtype)
         keys = torch.zeros(batch, steps, m.attention_size, dtype=self.dtype) \
             if m.attention_size else None
@@ -92,16 +96,8 @@ class TorchLoop:
         def step(x_t):
             with torch.inference_mode():
                 t = st["t"]
-                xt = torch.from_numpy(x_t)
-                pre = xt @ P["W_x"].T + P["b"] + st["c"] @ P["W_c"].T
-                if "W_h" in P:
-                    pre = pre + st["h"] @ P["W_h"].T
-                h = torch.tanh(pre)
-                hist[:, t] = h
-                if keys is not None:
-                    keys[:, t] = h @ P["W_k"].T
-                lo = 0 if W is None else max(0, t - W + 1)
-                c = self._attend(hist, keys, lo, t, h)
+                proj_t = torch.from_numpy(x_t) @ P["W_x"].T + P["b"]
+                h, c = self._step(proj_t, st["h"], st["c"], hist, keys, t)
                 st["h"], st["c"], st["t"] = h, c, t + 1
                 return h.numpy(), c.numpy()
 
