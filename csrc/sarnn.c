@@ -230,7 +230,22 @@ static int check_call(const sarnn_model *m, const sarnn_state *s, const void *x,
             nt = (int)batch;                                                                \
         if (nt < 1)                                                                         \
             nt = 1;                                                                         \
-        _Pragma("omp parallel num_threads(nt) if (nt > 1)")                                 \
+        if (nt == 1) { /* one sequence or one thread: no parallel region at all */          \
+            REAL_T *work = 0;                                                               \
+            if (posix_memalign((void **)&work, 64, work_bytes) != 0)                        \
+                return SARNN_ENOMEM;                                                        \
+            for (int64_t b = 0; b < batch; b++) {                                           \
+                int64_t len = lengths ? lengths[b] : (active[b] ? 1 : 0);                   \
+                if (len > 0)                                                                \
+                    seq(m, hist + b * cap * H, keys ? keys + b * cap * Ha : 0, hs + b * H,  \
+                        cs + b * H, &s->positions[b], x + b * T * D, len,                   \
+                        out_h + b * T * H, out_c + b * T * H,                               \
+                        attn ? attn + b * T * attn_cols : 0, attn_cols, work);              \
+            }                                                                               \
+            free(work);                                                                     \
+            return SARNN_OK;                                                                \
+        }                                                                                   \
+        _Pragma("omp parallel num_threads(nt)")                                             \
         {                                                                                   \
             REAL_T *work = 0;                                                               \
             if (posix_memalign((void **)&work, 64, work_bytes) != 0) {                      \

@@ -41,7 +41,7 @@ def info(out=sys.stdout) -> None:
     cpu = cpu_info()
     print(f"fastsarnn {__version__} ({os.path.dirname(os.path.abspath(__file__))})", file=out)
     print(f"python    {platform.python_version()} ({sys.executable})", file=out)
-    for dist in ("numpy", "numba", "llvmlite", "cffi", "numba-cuda", "torch"):
+    for dist in ("numpy", "numba", "llvmlite", "cffi", "numba-cuda", "torch", "jax", "dask"):
         print(f"{dist:<10}{_version_of(dist)}", file=out) if len(dist) < 10 else print(f"{dist} {_version_of(dist)}", file=out)
     print(f"cpu       {cpu['model']}", file=out)
     print(f"cores     {cpu['cores']}", file=out)

@@ -389,7 +389,7 @@ class SelfAttentionRNN:
         if not device:
             state._sync_host()
         if B and self._window is None:
-            need = int(state.positions.max()) + 1
+            need = (int(state.positions[0]) if B == 1 else int(state.positions.max())) + 1
             if need > state.capacity:
                 state._ensure_capacity(need)
         out_h = np.zeros((B, self._H), dtype=self._dtype)
