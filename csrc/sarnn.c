@@ -2,8 +2,9 @@
  *
  * Three levels: run_sequence (sarnn_kernel.h) is the serial kernel for one sequence;
  * seq_<isa>_<dtype> compiles it for one instruction set; drive_<dtype> runs sequences in
- * parallel over the batch (OpenMP, outside any multiversioned function); sarnn_forward and
- * sarnn_step check every argument and dispatch.
+ * parallel over the batch (OpenMP, outside any multiversioned function), and a single
+ * stream's attended positions over the team (split_one_<dtype>) when the batch is 1;
+ * sarnn_forward and sarnn_step check every argument and dispatch.
  */
 #include <math.h>
 #include <stddef.h>
@@ -115,6 +116,65 @@ __attribute__((target("avx2,fma"))) static void seq_avx2_f64(SEQ_ARGS(double))
 #define seq_avx2_f64 seq_generic_f64
 #endif
 
+/* Phases of one step, per ISA, for the split driver (one stream over several threads). */
+#define PHASE_DECLS(REAL_T, SUF)                                                            \
+    typedef struct {                                                                        \
+        void (*project)(const sarnn_model *, REAL_T *, const REAL_T *, int64_t);            \
+        const REAL_T *(*update)(const sarnn_model *, REAL_T *, REAL_T *, REAL_T *,          \
+                                const REAL_T *, int64_t, REAL_T *, REAL_T *);               \
+        void (*attend)(const sarnn_model *, const REAL_T *, const REAL_T *, int64_t,        \
+                       int64_t, const REAL_T *, REAL_T *, REAL_T *, REAL_T *, int *,        \
+                       REAL_T *);                                                           \
+    } phases_##SUF;
+PHASE_DECLS(float, f32)
+PHASE_DECLS(double, f64)
+
+#define PHASE_WRAPPERS(REAL_T, SUF, ISA, ATTR)                                              \
+    ATTR static void project_##ISA##_##SUF(const sarnn_model *m, REAL_T *out_h,             \
+                                           const REAL_T *x, int64_t len)                    \
+    {                                                                                       \
+        project_##SUF(out_h, (const REAL_T *)m->W_x, (const REAL_T *)m->b, x, len, m->H,    \
+                      m->D);                                                                \
+    }                                                                                       \
+    ATTR static const REAL_T *update_##ISA##_##SUF(const sarnn_model *m, REAL_T *hist,      \
+                                                   REAL_T *keys, REAL_T *hs,                \
+                                                   const REAL_T *cs, int64_t p,             \
+                                                   REAL_T *h_t, REAL_T *q)                  \
+    {                                                                                       \
+        return step_update_##SUF(m, hist, keys, hs, cs, p, h_t, q);                         \
+    }                                                                                       \
+    ATTR static void attend_##ISA##_##SUF(const sarnn_model *m, const REAL_T *hist,         \
+                                          const REAL_T *keys, int64_t lo, int64_t hi,       \
+                                          const REAL_T *qv, REAL_T *acc, REAL_T *mx,        \
+                                          REAL_T *l, int *started, REAL_T *e_out)           \
+    {                                                                                       \
+        attend_positions_##SUF(m, hist, keys, lo, hi, qv, acc, mx, l, started, e_out);      \
+    }                                                                                       \
+    __attribute__((unused)) static const phases_##SUF phases_##ISA##_##SUF = {              \
+        project_##ISA##_##SUF, update_##ISA##_##SUF, attend_##ISA##_##SUF};
+
+PHASE_WRAPPERS(float, f32, generic, )
+PHASE_WRAPPERS(double, f64, generic, )
+#if HAVE_AVX2_VARIANT
+PHASE_WRAPPERS(float, f32, avx2, __attribute__((target("avx2,fma"))))
+PHASE_WRAPPERS(double, f64, avx2, __attribute__((target("avx2,fma"))))
+#else
+#define phases_avx2_f32 phases_generic_f32
+#define phases_avx2_f64 phases_generic_f64
+#endif
+
+/* A single stream splits each step's attended positions over threads when at least this
+ * many are attended (below it, the barriers cost more than the split saves). */
+static int64_t split_min_positions = 256;
+
+int64_t sarnn_set_split_min(int64_t n)
+{
+    int64_t old = split_min_positions;
+    if (n >= 1)
+        split_min_positions = n;
+    return old;
+}
+
 static int isa_forced_generic = 0;
 
 /* 1 when the AVX2+FMA kernels run, 0 for the generic ones. */
@@ -211,6 +271,78 @@ static int check_call(const sarnn_model *m, const sarnn_state *s, const void *x,
 }
 
 /* ---- the batch driver ---------------------------------------------------------------- */
+/* One stream (batch 1) on nt threads: thread 0 runs the update of each step, every thread
+ * folds a contiguous share of the attended positions into its own online softmax, thread 0
+ * merges them (finish_step). Two barriers per step; the team lives for the whole call. */
+#define DEFINE_SPLIT(REAL_T, SUF)                                                           \
+    static int split_one_##SUF(const sarnn_model *m, const sarnn_state *s, const REAL_T *x,  \
+                               int64_t len, REAL_T *out_h, REAL_T *out_c, REAL_T *attn,     \
+                               int64_t attn_cols, int nt)                                   \
+    {                                                                                       \
+        const phases_##SUF *ph = sarnn_isa() ? &phases_avx2_##SUF : &phases_generic_##SUF;  \
+        const int64_t H = m->H, W = m->window, pos0 = s->positions[0];                      \
+        const int64_t qn = m->Ha > H ? m->Ha : H;                                           \
+        REAL_T *hist = (REAL_T *)s->hist, *keys = (REAL_T *)s->keys;                        \
+        REAL_T *hs = (REAL_T *)s->h, *cs = (REAL_T *)s->c;                                  \
+        REAL_T *q = 0, *acc = 0, *mx = 0, *l = 0;                                           \
+        int *started = 0;                                                                   \
+        const REAL_T *qv = 0;                                                               \
+        size_t bytes = ((size_t)(qn + (int64_t)nt * H + 2 * nt) * sizeof(REAL_T) + 63) / 64 \
+                       * 64;                                                                \
+        if (posix_memalign((void **)&q, 64, bytes) != 0)                                    \
+            return SARNN_ENOMEM;                                                            \
+        started = (int *)calloc((size_t)nt, sizeof(int));                                   \
+        if (!started) {                                                                     \
+            free(q);                                                                        \
+            return SARNN_ENOMEM;                                                            \
+        }                                                                                   \
+        acc = q + qn;                                                                       \
+        mx = acc + (int64_t)nt * H;                                                         \
+        l = mx + nt;                                                                        \
+        ph->project(m, out_h, x, len);                                                      \
+        _Pragma("omp parallel num_threads(nt)")                                             \
+        {                                                                                   \
+            const int tid = omp_get_thread_num(), P = omp_get_num_threads();                \
+            for (int64_t r = 0; r < len; r++) {                                             \
+                const int64_t p = pos0 + r;                                                 \
+                if (tid == 0)                                                               \
+                    qv = ph->update(m, hist, keys, hs, cs, p, out_h + r * H, q);            \
+                _Pragma("omp barrier")                                                      \
+                const int64_t first = (W && p - W + 1 > 0) ? p - W + 1 : 0;                 \
+                const int64_t n = p - first + 1;                                            \
+                const int parts = n >= split_min_positions ? P : 1;                         \
+                REAL_T *e_row = attn ? attn + r * attn_cols + first : 0;                    \
+                started[tid] = 0;                                                           \
+                if (tid < parts) {                                                          \
+                    const int64_t lo = first + n * tid / parts;                             \
+                    const int64_t hi = first + n * (tid + 1) / parts - 1;                   \
+                    REAL_T *a = acc + (int64_t)tid * H;                                     \
+                    for (int64_t k = 0; k < H; k++)                                         \
+                        a[k] = 0;                                                           \
+                    ph->attend(m, hist, keys, lo, hi, qv, a, &mx[tid], &l[tid],             \
+                               &started[tid], e_row ? e_row + (lo - first) : 0);            \
+                }                                                                           \
+                _Pragma("omp barrier")                                                      \
+                if (tid == 0)                                                               \
+                    finish_step_##SUF(H, parts, acc, mx, l, started, out_c + r * H, cs,     \
+                                      e_row, n);                                            \
+            }                                                                               \
+        }                                                                                   \
+        s->positions[0] = pos0 + len;                                                       \
+        free(started);                                                                      \
+        free(q);                                                                            \
+        return SARNN_OK;                                                                    \
+    }
+#ifdef _OPENMP
+DEFINE_SPLIT(float, f32)
+DEFINE_SPLIT(double, f64)
+#define SPLIT_AVAILABLE 1
+#else
+#define SPLIT_AVAILABLE 0
+#define split_one_f32(...) SARNN_OK
+#define split_one_f64(...) SARNN_OK
+#endif
+
 #define DEFINE_DRIVER(REAL_T, SUF)                                                          \
     static int drive_##SUF(const sarnn_model *m, const sarnn_state *s, const REAL_T *x,     \
                            int64_t batch, int64_t T, const int64_t *lengths,                \
@@ -226,6 +358,14 @@ static int check_call(const sarnn_model *m, const sarnn_state *s, const void *x,
         REAL_T *hs = (REAL_T *)s->h, *cs = (REAL_T *)s->c;                                  \
         int nt = num_threads > 0 ? num_threads : sarnn_max_threads();                      \
         int err = SARNN_OK;                                                                 \
+        if (SPLIT_AVAILABLE && batch == 1 && nt > 1) {                                      \
+            int64_t len0 = lengths ? lengths[0] : (active[0] ? 1 : 0);                      \
+            int64_t most = s->positions[0] + len0; /* most positions a step attends */  \
+            if (m->window && m->window < most)                                              \
+                most = m->window;                                                           \
+            if (len0 > 0 && most >= split_min_positions)                                    \
+                return split_one_##SUF(m, s, x, len0, out_h, out_c, attn, attn_cols, nt);   \
+        }                                                                                   \
         if (nt > batch)                                                                     \
             nt = (int)batch;                                                                \
         if (nt < 1)                                                                         \

@@ -42,3 +42,4 @@ int sarnn_isa(void);
 int sarnn_force_generic(int on);
 int sarnn_sanitized(void);
 int sarnn_max_threads(void);
+int64_t sarnn_set_split_min(int64_t n);

@@ -158,7 +158,119 @@ INLINE void SFX(attend_run)(int score, const REAL *restrict krows, int64_t kdim,
     *l_io = l;
 }
 
-/* One sequence, len steps of SPEC section 1, continuing from its state:
+/* Steps 1-3 of one step at position p: h_t = tanh(proj + W_c c_{t-1} [+ W_h h_{t-1}]) in
+ * place in h_t (which holds the input projection), appended at slot p % W (or p) with its
+ * key, copied to hs; the query written to q. Returns the vector the scores dot with. */
+INLINE const REAL *SFX(step_update)(const sarnn_model *mdl, REAL *hist, REAL *keys,
+                                    REAL *hs, const REAL *cs, int64_t p, REAL *h_t, REAL *q)
+{
+    const int64_t H = mdl->H, Ha = mdl->Ha, W = mdl->window;
+    const int score = mdl->score;
+    const int keyed = score >= 3;
+    const int64_t kdim = keyed ? Ha : H;
+    SFX(gemv_acc)(h_t, (const REAL *)mdl->W_c, cs, H, H);
+    if (mdl->recurrence == 1)
+        SFX(gemv_acc)(h_t, (const REAL *)mdl->W_h, hs, H, H);
+    for (int64_t j = 0; j < H; j++)
+        h_t[j] = TANH(h_t[j]);
+    const int64_t slot = W ? p % W : p;
+    REAL *hslot = hist + slot * H;
+    for (int64_t j = 0; j < H; j++) {
+        hslot[j] = h_t[j];
+        hs[j] = h_t[j];
+    }
+    if (keyed) {
+        REAL *kslot = keys + slot * Ha;
+        for (int64_t a = 0; a < Ha; a++)
+            kslot[a] = 0;
+        SFX(gemv_acc)(kslot, (const REAL *)mdl->W_k, h_t, Ha, H);
+    }
+    if (score == 0)
+        return h_t;
+    if (score == 1) {
+        const REAL inv_sqrt_h = (REAL)1 / SQRT((REAL)H);
+        for (int64_t j = 0; j < H; j++)
+            q[j] = h_t[j] * inv_sqrt_h;
+        return q;
+    }
+    for (int64_t a = 0; a < kdim; a++)
+        q[a] = 0;
+    SFX(gemv_acc)(q, (const REAL *)(score == 2 ? mdl->W_s : mdl->W_q), h_t, kdim, H);
+    return q;
+}
+
+/* Fold attended positions lo..hi (absolute; slots p % W or p) into one online softmax
+ * (m, l, acc, started as in attend_run); raw scores to e_out[0 .. hi-lo] if not NULL. */
+INLINE void SFX(attend_positions)(const sarnn_model *mdl, const REAL *hist, const REAL *keys,
+                                  int64_t lo, int64_t hi, const REAL *qv, REAL *acc,
+                                  REAL *m, REAL *l, int *started, REAL *e_out)
+{
+    const int64_t H = mdl->H, W = mdl->window;
+    const int score = mdl->score;
+    const int keyed = score >= 3;
+    const int64_t kdim = keyed ? mdl->Ha : H;
+    const REAL *krows = keyed ? keys : hist;
+    const REAL *v = (const REAL *)mdl->v;
+    const int64_t n = hi - lo + 1;
+    if (n <= 0)
+        return;
+    if (W) {   /* ring buffer: slots lo%W .. W-1, then 0 .. */
+        const int64_t s0 = lo % W;
+        const int64_t n1 = n < W - s0 ? n : W - s0;
+        SFX(attend_run)(score, krows + s0 * kdim, kdim, hist + s0 * H, H, n1, qv, v, acc, m, l,
+                        started, e_out);
+        if (n1 < n)
+            SFX(attend_run)(score, krows, kdim, hist, H, n - n1, qv, v, acc, m, l, started,
+                            e_out ? e_out + n1 : 0);
+    } else {
+        SFX(attend_run)(score, krows + lo * kdim, kdim, hist + lo * H, H, n, qv, v, acc, m, l,
+                        started, e_out);
+    }
+}
+
+/* Step 5: merge `parts` partial online softmaxes (acc rows of H values, m, l, started) into
+ * c_t = sum_i alpha_i h_i, copied to cs; normalise the n raw scores in e_row (if not NULL).
+ * Every part with started != 0 covered a disjoint run of positions. */
+INLINE void SFX(finish_step)(int64_t H, int parts, REAL *acc, const REAL *m, const REAL *l,
+                             const int *started, REAL *c_t, REAL *cs, REAL *e_row, int64_t n)
+{
+    int first = 0;
+    while (!started[first])
+        first++;
+    REAL mx = m[first];
+    for (int t = first + 1; t < parts; t++)
+        if (started[t] && m[t] > mx)
+            mx = m[t];
+    REAL lsum = 0;
+    for (int t = first; t < parts; t++) {
+        if (!started[t])
+            continue;
+        REAL scale = EXP(m[t] - mx);
+        lsum += l[t] * scale;
+        if (t != first || scale != (REAL)1) {
+            REAL *a = acc + (int64_t)t * H;
+            if (t == first)
+                for (int64_t k = 0; k < H; k++)
+                    acc[k] = a[k] * scale;
+            else
+                for (int64_t k = 0; k < H; k++)
+                    acc[k] += a[k] * scale;
+        } else if (t != 0) {
+            for (int64_t k = 0; k < H; k++)
+                acc[k] = acc[(int64_t)t * H + k];
+        }
+    }
+    const REAL inv_l = (REAL)1 / lsum;
+    for (int64_t k = 0; k < H; k++) {
+        c_t[k] = acc[k] * inv_l;
+        cs[k] = c_t[k];
+    }
+    if (e_row)
+        for (int64_t i = 0; i < n; i++)
+            e_row[i] = EXP(e_row[i] - mx) * inv_l;
+}
+
+/* One sequence, len steps of SPEC section 1, continuing from its state, on one thread:
  *   hist/keys: this sequence's (capacity x H) / (capacity x Ha) history,
  *   hs, cs: its last h and c (read as h_{t-1}, c_{t-1}; overwritten with h_t, c_t),
  *   *pos_io: positions consumed so far (advanced by len),
@@ -170,86 +282,22 @@ INLINE void SFX(run_sequence)(const sarnn_model *mdl, REAL *hist, REAL *keys, RE
                               REAL *out_h, REAL *out_c, REAL *attn, int64_t attn_cols,
                               REAL *work)
 {
-    const int64_t H = mdl->H, D = mdl->D, Ha = mdl->Ha, W = mdl->window;
-    const int score = mdl->score;
-    const REAL *W_x = (const REAL *)mdl->W_x, *W_c = (const REAL *)mdl->W_c;
-    const REAL *bias = (const REAL *)mdl->b, *W_h = (const REAL *)mdl->W_h;
-    const REAL *W_s = (const REAL *)mdl->W_s, *W_k = (const REAL *)mdl->W_k;
-    const REAL *W_q = (const REAL *)mdl->W_q, *v = (const REAL *)mdl->v;
-    const int keyed = score >= 3;
-    const int64_t kdim = keyed ? Ha : H;
-    const REAL *krows = keyed ? keys : hist;
-    const REAL inv_sqrt_h = (REAL)1 / SQRT((REAL)H);
+    const int64_t H = mdl->H, W = mdl->window;
     REAL *q = work;
-    REAL *acc = work + (Ha > H ? Ha : H);
+    REAL *acc = work + (mdl->Ha > H ? mdl->Ha : H);
     const int64_t pos0 = *pos_io;
-
-    SFX(project)(out_h, W_x, bias, x, len, H, D);
+    SFX(project)(out_h, (const REAL *)mdl->W_x, (const REAL *)mdl->b, x, len, H, mdl->D);
     for (int64_t r = 0; r < len; r++) {
         const int64_t p = pos0 + r;
-        REAL *h_t = out_h + r * H;
-        /* 1. h_t = tanh(W_x x_t + b + W_c c_{t-1} [+ W_h h_{t-1}]) */
-        SFX(gemv_acc)(h_t, W_c, cs, H, H);
-        if (mdl->recurrence == 1)
-            SFX(gemv_acc)(h_t, W_h, hs, H, H);
-        for (int64_t j = 0; j < H; j++)
-            h_t[j] = TANH(h_t[j]);
-        /* 2. append h_t (and its key k_t = W_k h_t) at slot p % W, or p */
-        const int64_t slot = W ? p % W : p;
-        REAL *hslot = hist + slot * H;
-        for (int64_t j = 0; j < H; j++) {
-            hslot[j] = h_t[j];
-            hs[j] = h_t[j];
-        }
-        if (keyed) {
-            REAL *kslot = keys + slot * Ha;
-            for (int64_t a = 0; a < Ha; a++)
-                kslot[a] = 0;
-            SFX(gemv_acc)(kslot, W_k, h_t, Ha, H);
-        }
-        /* 3. the query each score is a dot product with (additive: added to the keys) */
-        const REAL *qv = q;
-        if (score == 0) {
-            qv = h_t;
-        } else if (score == 1) {
-            for (int64_t j = 0; j < H; j++)
-                q[j] = h_t[j] * inv_sqrt_h;
-        } else {
-            const REAL *Wq = score == 2 ? W_s : W_q;
-            for (int64_t a = 0; a < kdim; a++)
-                q[a] = 0;
-            SFX(gemv_acc)(q, Wq, h_t, kdim, H);
-        }
-        /* 3-5. one fused pass over S_t = {first .. p}: scores, online softmax, sum */
+        const REAL *qv = SFX(step_update)(mdl, hist, keys, hs, cs, p, out_h + r * H, q);
         const int64_t first = (W && p - W + 1 > 0) ? p - W + 1 : 0;
-        const int64_t n = p - first + 1;
+        REAL *e_row = attn ? attn + r * attn_cols + first : 0;
         REAL m = 0, l = 0;
         int started = 0;
-        REAL *e_row = attn ? attn + r * attn_cols + first : 0;
         for (int64_t k = 0; k < H; k++)
             acc[k] = 0;
-        if (W) {   /* ring buffer: slots first%W .. W-1, then 0 .. */
-            const int64_t s0 = first % W;
-            const int64_t n1 = n < W - s0 ? n : W - s0;
-            SFX(attend_run)(score, krows + s0 * kdim, kdim, hist + s0 * H, H, n1, qv, v, acc,
-                            &m, &l, &started, e_row);
-            if (n1 < n)
-                SFX(attend_run)(score, krows, kdim, hist, H, n - n1, qv, v, acc, &m, &l,
-                                &started, e_row ? e_row + n1 : 0);
-        } else {
-            SFX(attend_run)(score, krows + first * kdim, kdim, hist + first * H, H, n, qv, v,
-                            acc, &m, &l, &started, e_row);
-        }
-        /* 5. c_t = acc / l */
-        const REAL inv_l = (REAL)1 / l;
-        REAL *c_t = out_c + r * H;
-        for (int64_t k = 0; k < H; k++) {
-            c_t[k] = acc[k] * inv_l;
-            cs[k] = c_t[k];
-        }
-        if (e_row)
-            for (int64_t i = 0; i < n; i++)
-                e_row[i] = EXP(e_row[i] - m) * inv_l;
+        SFX(attend_positions)(mdl, hist, keys, first, p, qv, acc, &m, &l, &started, e_row);
+        SFX(finish_step)(H, 1, acc, &m, &l, &started, out_c + r * H, cs, e_row, p - first + 1);
     }
     *pos_io = pos0 + len;
 }

@@ -148,3 +148,30 @@ def test_install_without_a_compiler_still_works(tmp_path):
     assert lines[0] == "False"
     assert "failed to build" in lines[1]
     assert lines[2] == "(4, 3)"
+
+
+@pytest.mark.parametrize("score,window", [("dot", None), ("kq", 3), ("additive", None),
+                                          ("scaled_dot", 5), ("general", 1)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_one_stream_split_over_threads(c_ext, score, window, dtype):
+    """Batch 1 on 2 threads splits each step's attended positions: same numbers, for forward
+    (with attention), streaming chunks and step, whatever the split threshold."""
+    model = make_model(score=score, recurrence="hc", window=window, D=4, H=7, Ha=5,
+                       dtype=dtype)
+    x = make_x(1, 13, 4)
+    ref = reference(model, x, return_attention=True)
+    old = c_ext.set_split_min(1)
+    try:
+        for split_min in (1, 2, 5):
+            c_ext.set_split_min(split_min)
+            got = model.forward(x, return_attention=True, backend="c", num_threads=2)
+            assert max_err(got.c, ref.c) <= tol(model)
+            assert max_err(got.attention, ref.attention) <= tol(model)
+            st = model.init_state(1, capacity=1)
+            a = model.forward(x[:, :6], state=st, backend="c", num_threads=2).c
+            b = np.stack([model.step(x[:, t], st, backend="c")[1] for t in range(6, 13)], 1)
+            assert max_err(np.concatenate([a, b], 1), ref.c) <= tol(model)
+            assert st.positions.tolist() == [13]
+    finally:
+        c_ext.set_split_min(old)
+    assert old == c_ext.set_split_min(old)

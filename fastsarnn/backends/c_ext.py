@@ -48,6 +48,12 @@ def isa():
     return "avx2" if lib.sarnn_isa() else "generic"
 
 
+def set_split_min(n: int) -> int:
+    """Attended positions from which one stream splits a step over threads; returns the old
+    value (tests lower it to exercise the split path on small inputs)."""
+    return int(lib.sarnn_set_split_min(int(n)))
+
+
 def sanitized():
     """Whether the extension was built with ASan + UBSan."""
     return bool(lib.sarnn_sanitized())
