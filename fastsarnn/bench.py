@@ -223,7 +223,8 @@ def format_table(records) -> str:
                      f"{'x torch':>9}{'GFLOP/s':>9}{'%SGEMM':>8}{'max err':>10}  ok")
         for r in rows:
             def f(v, fmt):
-                return format(v, fmt) if v is not None else "-"
+                width = fmt.lstrip(">").split(".")[0]
+                return format(v, fmt) if v is not None else format("-", ">" + width)
             lines.append(
                 f"  {r['backend']:<8}{r['median_s'] * 1e3:>11.2f}{r['min_s'] * 1e3:>10.2f}"
                 f"{f(r['speedup_vs_numpy'], '>9.1f')}{f(r['speedup_vs_torch'], '>9.1f')}"
