@@ -214,6 +214,12 @@ int sarnn_max_threads(void)
 #endif
 }
 
+/* Steps row b runs: its length (forward), or 1 / 0 for an active / inactive row (step). */
+static inline int64_t row_len(const int64_t *lengths, const uint8_t *active, int64_t b)
+{
+    return lengths ? lengths[b] : (active[b] ? 1 : 0);
+}
+
 /* ---- argument checks ----------------------------------------------------------------- */
 static int check_model(const sarnn_model *m)
 {
@@ -256,7 +262,7 @@ static int check_call(const sarnn_model *m, const sarnn_state *s, const void *x,
     if (s->capacity < 1 || (m->window && s->capacity != m->window))
         return SARNN_ECAPACITY;
     for (int64_t b = 0; b < batch; b++) {
-        int64_t len = lengths ? lengths[b] : (active[b] ? 1 : 0);
+        int64_t len = row_len(lengths, active, b);
         int64_t pos = s->positions[b];
         if (len < 0 || len > T)
             return SARNN_ELENGTH;
@@ -343,6 +349,17 @@ DEFINE_SPLIT(double, f64)
 #define split_one_f64(...) SARNN_OK
 #endif
 
+/* Row b of the batch through the serial kernel (inside DEFINE_DRIVER's scope). */
+#define RUN_ROW(b)                                                                          \
+    do {                                                                                    \
+        const int64_t len_ = row_len(lengths, active, (b));                                 \
+        if (len_ > 0)                                                                       \
+            seq(m, hist + (b) * cap * H, keys ? keys + (b) * cap * Ha : 0, hs + (b) * H,    \
+                cs + (b) * H, &s->positions[(b)], x + (b) * T * D, len_,                    \
+                out_h + (b) * T * H, out_c + (b) * T * H,                                   \
+                attn ? attn + (b) * T * attn_cols : 0, attn_cols, work);                    \
+    } while (0)
+
 #define DEFINE_DRIVER(REAL_T, SUF)                                                          \
     static int drive_##SUF(const sarnn_model *m, const sarnn_state *s, const REAL_T *x,     \
                            int64_t batch, int64_t T, const int64_t *lengths,                \
@@ -359,8 +376,8 @@ DEFINE_SPLIT(double, f64)
         int nt = num_threads > 0 ? num_threads : sarnn_max_threads();                      \
         int err = SARNN_OK;                                                                 \
         if (SPLIT_AVAILABLE && batch == 1 && nt > 1) {                                      \
-            int64_t len0 = lengths ? lengths[0] : (active[0] ? 1 : 0);                      \
-            int64_t most = s->positions[0] + len0; /* most positions a step attends */  \
+            int64_t len0 = row_len(lengths, active, 0);                                     \
+            int64_t most = s->positions[0] + len0; /* most positions a step attends */      \
             if (m->window && m->window < most)                                              \
                 most = m->window;                                                           \
             if (len0 > 0 && most >= split_min_positions)                                    \
@@ -374,14 +391,8 @@ DEFINE_SPLIT(double, f64)
             REAL_T *work = 0;                                                               \
             if (posix_memalign((void **)&work, 64, work_bytes) != 0)                        \
                 return SARNN_ENOMEM;                                                        \
-            for (int64_t b = 0; b < batch; b++) {                                           \
-                int64_t len = lengths ? lengths[b] : (active[b] ? 1 : 0);                   \
-                if (len > 0)                                                                \
-                    seq(m, hist + b * cap * H, keys ? keys + b * cap * Ha : 0, hs + b * H,  \
-                        cs + b * H, &s->positions[b], x + b * T * D, len,                   \
-                        out_h + b * T * H, out_c + b * T * H,                               \
-                        attn ? attn + b * T * attn_cols : 0, attn_cols, work);              \
-            }                                                                               \
+            for (int64_t b = 0; b < batch; b++)                                             \
+                RUN_ROW(b);                                                                 \
             free(work);                                                                     \
             return SARNN_OK;                                                                \
         }                                                                                   \
@@ -393,15 +404,9 @@ DEFINE_SPLIT(double, f64)
                 work = 0;                                                                   \
             }                                                                               \
             _Pragma("omp for schedule(dynamic, 1)")                                         \
-            for (int64_t b = 0; b < batch; b++) {                                           \
-                int64_t len = lengths ? lengths[b] : (active[b] ? 1 : 0);                   \
-                if (!work || len == 0)                                                      \
-                    continue;                                                               \
-                seq(m, hist + b * cap * H, keys ? keys + b * cap * Ha : 0, hs + b * H,      \
-                    cs + b * H, &s->positions[b], x + b * T * D, len, out_h + b * T * H,    \
-                    out_c + b * T * H, attn ? attn + b * T * attn_cols : 0, attn_cols,      \
-                    work);                                                                  \
-            }                                                                               \
+            for (int64_t b = 0; b < batch; b++)                                             \
+                if (work)                                                                   \
+                    RUN_ROW(b);                                                             \
             free(work);                                                                     \
         }                                                                                   \
         return err;                                                                         \

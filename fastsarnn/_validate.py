@@ -13,13 +13,18 @@ _BAD_KINDS = {
 }
 
 
+#: Device array types of Numba (and of its CUDA simulator, which has no
+#: ``__cuda_array_interface__``).
+NUMBA_DEVICE_ARRAY_TYPES = ("FakeCUDAArray", "DeviceNDArray")
+
+
 def is_device_array(value) -> bool:
     """A GPU array: anything exposing ``__cuda_array_interface__`` (Numba, CuPy, torch) or
     the CUDA simulator's stand-in for one."""
     if isinstance(value, np.ndarray):
         return False
     return (hasattr(value, "__cuda_array_interface__")
-            or type(value).__name__ in ("FakeCUDAArray", "DeviceNDArray"))
+            or type(value).__name__ in NUMBA_DEVICE_ARRAY_TYPES)
 
 
 def real_array(name: str, value) -> np.ndarray:

@@ -204,7 +204,9 @@ def is_device_array(x):
 
 
 def as_device_array(x):
-    return x if type(x).__name__ in ("FakeCUDAArray", "DeviceNDArray") else cuda.as_cuda_array(x)
+    if type(x).__name__ in _validate.NUMBA_DEVICE_ARRAY_TYPES:
+        return x
+    return cuda.as_cuda_array(x)
 
 
 def contiguous(x):
