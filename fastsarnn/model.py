@@ -172,9 +172,24 @@ class SelfAttentionRNN:
     @classmethod
     def from_torch(cls, module_or_state_dict) -> "SelfAttentionRNN":
         """A model from a :class:`fastsarnn.torch.SelfAttentionRNN` or its state dict
-        (exact weights; the configuration travels in the state dict)."""
-        from .torch import model_from_state_dict
-        return model_from_state_dict(module_or_state_dict)
+        (exact weights; the configuration travels in the state dict).
+
+        Needs no import of torch here: tensors are read through their ``numpy()`` method,
+        so :mod:`fastsarnn.model` never depends on :mod:`fastsarnn.torch`.
+        """
+        sd = module_or_state_dict
+        if callable(getattr(sd, "state_dict", None)):
+            sd = sd.state_dict()
+        extra = sd.get("_extra_state") if hasattr(sd, "get") else None
+        if not isinstance(extra, dict):
+            raise ValueError("state dict has no '_extra_state' (score, window, recurrence); "
+                             "save it from a fastsarnn.torch.SelfAttentionRNN")
+        if extra.get("score") not in _config.SCORES:
+            raise ValueError(f"unknown score {extra.get('score')!r} in state dict; expected "
+                             f"one of {list(_config.SCORES)}")
+        params = {k: np.asarray(sd[k].detach().cpu().numpy()) for k in PARAM_NAMES if k in sd}
+        dtype = "float64" if params["W_x"].dtype == np.float64 else "float32"
+        return cls(**params, score=extra["score"], window=extra["window"], dtype=dtype)
 
     def astype(self, dtype) -> "SelfAttentionRNN":
         """The same model with its weights cast to ``dtype``."""
