@@ -15,14 +15,8 @@ from . import __version__, _registry
 from ._sysinfo import cpu_info  # noqa: F401  (kept importable from here)
 
 DESCRIPTION = """\
-Fast inference for a Simple RNN with self-attention.
-
-commands:
-  info    versions, CPU, and every backend with whether it can run here
-  bench   the benchmark suite: every backend against the NumPy reference and the peers
-  demo    the shipped recall models: accuracy, and the attention map
-
-Run 'fastsarnn COMMAND --help' for a command's options."""
+Fast inference for a Simple RNN with self-attention: NumPy reference, Numba, C and CUDA
+kernels behind one API. Run 'fastsarnn COMMAND --help' for a command's options."""
 
 DEFAULT_DEMO_PLOT = "attention.png"
 
@@ -114,8 +108,8 @@ def build_parser():
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fastsarnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_Parser)
-    sub.add_parser("info", help="versions, CPU and backends",
+                                parser_class=_Parser, title="commands")
+    sub.add_parser("info", help="versions, CPU, and every backend with whether it can run",
                    description="Versions, CPU, and every backend with whether it can run "
                                "here (and why not).")
     bench = sub.add_parser("bench", help="benchmark suite (every backend, the reference and "

@@ -152,7 +152,9 @@ def test_xl_runs_by_default_only_with_a_gpu_runner():
     assert "XL" in [c.name for c in bench.default_configs(["c", "numpy", "torch-cuda"])]
     xl = bench.CONFIGS["XL"]
     assert (xl.B, xl.T, xl.D, xl.H, xl.window) == (1024, 512, 64, 256, None)
-    assert bench.runners_for(xl, ["c", "numpy", "torch-cuda"]) == ["c", "torch-cuda"]
+    assert bench.runners_for(xl, ["c", "numpy", "torch", "torch-cuda"]) == ["c", "torch-cuda"]
+    assert bench.runners_for(xl, ["numpy", "torch"], explicit=True) == ["numpy", "torch"]
+    assert bench.runners_for(bench.CONFIGS["M"], ["c", "numpy"]) == ["c", "numpy"]
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -161,6 +163,7 @@ def test_xl_runs_by_default_only_with_a_gpu_runner():
     (["--repeat", "0"], "--repeat must be >= 1"),
     (["--hidden-size", "-3"], "--hidden-size must be >= 1"),
     (["--dtype", "float16"], "invalid choice"),
+    (["--json", "no/such/folder/r.json"], "does not exist"),
 ])
 def test_bad_options_fail_clearly(tmp_path, args, msg):
     out = run_cli(["--quick", *args], tmp_path)

@@ -60,9 +60,9 @@ QUICK = {
 }
 #: Runners that use a GPU: their presence adds the GPU-scale configurations by default.
 GPU_RUNNERS = ("cuda", "torch-cuda", "torch-cuda-graph")
-#: The NumPy reference is not timed on GPU-scale configurations (minutes of Python loops);
-#: its float64 run still checks every result there.
-REFERENCE_TIMED_ON_GPU_SCALE = False
+#: Runners not timed by default on GPU-scale configurations (minutes per run on a CPU): the
+#: NumPy reference (its float64 run still checks every result there) and the CPU peers.
+SKIPPED_AT_GPU_SCALE = ("numpy", "torch", "jax")
 #: Seconds slept before each runner so that other runtimes' idle workers go to sleep.
 SETTLE_S = 0.2
 
@@ -215,10 +215,11 @@ def default_configs(names, quick: bool = False) -> list:
     return [c for c in base.values() if gpu or not c.gpu_scale]
 
 
-def runners_for(cfg: Config, names) -> list:
-    """The runners timed on ``cfg`` (the NumPy reference is not timed at GPU scale)."""
-    if cfg.gpu_scale and not REFERENCE_TIMED_ON_GPU_SCALE and len(names) > 1:
-        return [n for n in names if n != "numpy"]
+def runners_for(cfg: Config, names, explicit: bool = False) -> list:
+    """The runners timed on ``cfg``: at GPU scale, unless the runners were named explicitly,
+    not those of :data:`SKIPPED_AT_GPU_SCALE`."""
+    if cfg.gpu_scale and not explicit:
+        return [n for n in names if n not in SKIPPED_AT_GPU_SCALE]
     return list(names)
 
 
@@ -542,6 +543,10 @@ def run_cli(args, parser) -> int:
     """``fastsarnn bench``: run, print tables as they come, write JSON and plot."""
     if args.repeat < 1:
         parser.error(f"--repeat must be >= 1; got {args.repeat}")
+    for opt, path in (("--json", args.json), ("--plot", args.plot)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not os.path.isdir(folder):
+            parser.error(f"{opt} {path}: folder {folder} does not exist")
     req = None
     if args.backends:
         req = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -554,7 +559,7 @@ def run_cli(args, parser) -> int:
     except _registry.BackendUnavailableError as exc:
         parser.error(str(exc))
     cfgs = _configs_from_args(args, parser, names)
-    plan = [(cfg, runners_for(cfg, names)) for cfg in cfgs]
+    plan = [(cfg, runners_for(cfg, names, explicit=req is not None)) for cfg in cfgs]
     warnings = []
     load_before = _sysinfo.load_per_core()
     if load_before is not None and load_before > _config.BENCH_BUSY_LOAD_PER_CORE:
