@@ -35,3 +35,14 @@ NUMBA_THREADING_LAYER = "omp"
 
 #: Threads per CUDA block (a power of two, >= 2); read at every launch.
 CUDA_BLOCK_SIZE = 128
+
+#: ``fastsarnn bench``: a runner's figures are flagged as noisy when median/min exceeds this.
+BENCH_NOISY_SPREAD = 1.5
+#: ``fastsarnn bench``: the machine counts as busy when the 1-minute load average per core
+#: exceeds this before the suite starts (another process is using the cores), or exceeds
+#: ``BENCH_BUSY_LOAD_PER_CORE + 1`` while it runs (more runnable threads than cores).
+BENCH_BUSY_LOAD_PER_CORE = 0.5
+#: ``fastsarnn bench``: the SGEMM baseline is the best of at least this many warm products
+#: and at least ``BENCH_SGEMM_MIN_SECONDS`` of them.
+BENCH_SGEMM_MIN_RUNS = 10
+BENCH_SGEMM_MIN_SECONDS = 0.3

@@ -95,16 +95,35 @@ def backends() -> dict:
     return out
 
 
+def _check_runnable(name: str) -> str:
+    """``name`` itself; raises :class:`BackendUnavailableError` at once when it is a known
+    backend that cannot run here (so a choice fails where it is made, not at a later call)."""
+    if name != "auto":
+        mod = _load(name)
+        if isinstance(mod, _UnavailableBackend):
+            mod._raise()
+    return name
+
+
 def set_backend(name: str | None) -> None:
-    """Set the process-wide default backend (``None`` or ``"auto"`` restores automatic choice)."""
+    """Set the process-wide default backend (``None`` or ``"auto"`` restores automatic choice).
+
+    Raises ``ValueError`` for an unknown name and :class:`BackendUnavailableError` for a
+    backend that cannot run here; the previous setting then stays.
+    """
     global _global_choice
-    _global_choice = None if name is None else _check_name(name)
+    _global_choice = None if name is None else _check_runnable(_check_name(name))
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Use backend ``name`` inside a ``with`` block (context- and thread-local)."""
-    token = _context_choice.set(_check_name(name))
+    """Use backend ``name`` inside a ``with`` block (context- and thread-local).
+
+    Like :func:`set_backend`, an unknown name or a backend that cannot run here raises when
+    the block is entered. (``$FASTSARNN_BACKEND`` is read at each call instead; a backend
+    named there that cannot run raises at the first forward or step.)
+    """
+    token = _context_choice.set(_check_runnable(_check_name(name)))
     try:
         yield
     finally:

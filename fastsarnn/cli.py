@@ -1,4 +1,8 @@
-"""Command line: ``fastsarnn info`` and ``fastsarnn bench``."""
+"""Command line: ``fastsarnn info``, ``fastsarnn bench`` and ``fastsarnn demo``.
+
+Every user mistake ends in one line starting with ``error:`` on stderr and a non-zero exit
+status (2 for a bad command line, 1 for a setting that cannot run), never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +12,29 @@ import platform
 import sys
 
 from . import __version__, _registry
+from ._sysinfo import cpu_info  # noqa: F401  (kept importable from here)
 
-_SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f")
+DESCRIPTION = """\
+Fast inference for a Simple RNN with self-attention: NumPy reference, Numba, C and CUDA
+kernels behind one API. Run 'fastsarnn COMMAND --help' for a command's options."""
+
+DEFAULT_DEMO_PLOT = "attention.png"
 
 
-def cpu_info() -> dict:
-    """CPU model, logical cores and the SIMD flags fastsarnn cares about."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model in ("unknown", "", platform.machine()):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(),
-            "simd": [f for f in _SIMD_FLAGS if f in flags]}
+class _Parser(argparse.ArgumentParser):
+    """argparse with one ``error:`` line after the usage of the (sub)command that failed."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+class UserError(Exception):
+    """A mistake in the command line or the environment: printed as one ``error:`` line."""
+
+    def __init__(self, message, status=1):
+        super().__init__(message)
+        self.status = status
 
 
 def _version_of(dist: str) -> str:
@@ -36,55 +45,117 @@ def _version_of(dist: str) -> str:
         return "not installed"
 
 
-def info(out=sys.stdout) -> None:
-    """Print versions, CPU and every backend's availability."""
+def _selected_backend():
+    """(requested name, where it comes from) for the current setting; raises UserError for
+    an unknown name (in $FASTSARNN_BACKEND, say)."""
+    try:
+        name = _registry._requested(None)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    env = os.environ.get(_registry._config.ENV_BACKEND)
+    source = "set_backend" if _registry._global_choice else (
+        f"${_registry._config.ENV_BACKEND}" if env else "default")
+    return name, source
+
+
+def info(out=sys.stdout) -> int:
+    """Print versions, CPU and every backend's availability; returns the exit status
+    (1 when the selected backend cannot run here)."""
+    requested, source = _selected_backend()         # fails before printing half a report
     cpu = cpu_info()
     print(f"fastsarnn {__version__} ({os.path.dirname(os.path.abspath(__file__))})", file=out)
     print(f"python    {platform.python_version()} ({sys.executable})", file=out)
     for dist in ("numpy", "numba", "llvmlite", "cffi", "numba-cuda", "torch", "jax", "dask"):
-        print(f"{dist:<10}{_version_of(dist)}", file=out) if len(dist) < 10 else print(f"{dist} {_version_of(dist)}", file=out)
+        print(f"{dist:<10}{_version_of(dist)}" if len(dist) < 10
+              else f"{dist} {_version_of(dist)}", file=out)
     print(f"cpu       {cpu['model']}", file=out)
     print(f"cores     {cpu['cores']}", file=out)
     print(f"simd      {' '.join(cpu['simd']) or 'none detected'}", file=out)
-    print(f"backend   {_registry.get_backend()} (what 'auto' and the current setting pick)",
-          file=out)
+    infos = _registry.backends()
+    selected = _registry.get_backend()
+    how = "automatic choice" if requested == "auto" else f"chosen by {source}"
+    print(f"backend   {selected} ({how})", file=out)
     print("backends:", file=out)
-    for name, bi in _registry.backends().items():
+    for name, bi in infos.items():
         status = "available" if bi.available else f"unavailable: {bi.reason}"
         print(f"  {name:<6} {status}", file=out)
         if bi.available:
             extra = getattr(_registry._load(name), "describe", None)
             if extra is not None:
                 print(f"         {extra()}", file=out)
+    if not infos[selected].available:
+        raise UserError(f"the selected backend {selected!r} ({how}) cannot run here: "
+                        f"{infos[selected].reason}; every forward and step will raise "
+                        "BackendUnavailableError")
+    return 0
+
+
+def _check_backend(parser, name):
+    """A --backend value: unknown names and unavailable backends are command-line errors."""
+    if name is None:
+        return None
+    try:
+        _registry.resolve(name)
+    except ValueError as exc:
+        parser.error(str(exc))
+    except _registry.BackendUnavailableError as exc:
+        parser.error(str(exc))
+    return name
+
+
+def build_parser():
+    parser = _Parser(prog="fastsarnn", description=DESCRIPTION,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fastsarnn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser, title="commands")
+    sub.add_parser("info", help="versions, CPU, and every backend with whether it can run",
+                   description="Versions, CPU, and every backend with whether it can run "
+                               "here (and why not).")
+    bench = sub.add_parser("bench", help="benchmark suite (every backend, the reference and "
+                                         "the peers)",
+                           description="The benchmark configurations on every available "
+                                       "backend, the NumPy reference and the installed peers; "
+                                       "tables are printed as each configuration finishes.")
+    from .bench import add_arguments
+    add_arguments(bench)
+    demo = sub.add_parser("demo", help="the shipped recall models: accuracy and attention map",
+                          description="Evaluate the shipped recall models on fresh examples "
+                                      "and show where the attention model looks.")
+    demo.add_argument("--n", type=int, default=500, help="fresh examples to evaluate")
+    demo.add_argument("--seed", type=int, default=2024)
+    demo.add_argument("--backend", default=None,
+                      help=f"one of {', '.join(_registry._CHOICES)} (default: the setting, "
+                           "else the fastest available)")
+    demo.add_argument("--plot", metavar="FILE.png", nargs="?", const=DEFAULT_DEMO_PLOT,
+                      help=f"write a matplotlib heat map (default file: {DEFAULT_DEMO_PLOT})")
+    return parser, {"bench": bench, "demo": demo}
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fastsarnn", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="versions, CPU and backends")
-    bench = sub.add_parser("bench", help="benchmark suite (SPEC section 6)")
-    try:
-        from . import bench as _bench
-        _bench.add_arguments(bench)
-    except ImportError:
-        _bench = None
-    demo = sub.add_parser("demo", help="the shipped recall models: accuracy and attention map")
-    demo.add_argument("--n", type=int, default=500, help="fresh examples to evaluate")
-    demo.add_argument("--seed", type=int, default=2024)
-    demo.add_argument("--backend", default=None, help="backend (default: the fastest)")
-    demo.add_argument("--plot", metavar="FILE.png", help="write a matplotlib heat map")
+    parser, subparsers = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        from . import demo as _demo
-        if args.n < 1:
-            parser.error(f"--n must be >= 1; got {args.n}")
-        _demo.run(n=args.n, seed=args.seed, backend=args.backend, plot=args.plot)
-        return 0
-    if args.command == "info":
-        info()
-        return 0
-    if args.command == "bench":
-        if _bench is None:
-            parser.error("the benchmark suite is not available in this build")
-        return _bench.run_cli(args, parser)
+    try:
+        if args.command != "info":
+            _selected_backend()             # an unknown $FASTSARNN_BACKEND is an error: say so
+        if args.command == "info":
+            return info()
+        if args.command == "demo":
+            dp = subparsers["demo"]
+            if args.n < 1:
+                dp.error(f"--n must be >= 1; got {args.n}")
+            _check_backend(dp, args.backend)
+            from . import demo as _demo
+            _demo.run(n=args.n, seed=args.seed, backend=args.backend, plot=args.plot)
+            return 0
+        if args.command == "bench":
+            from .bench import run_cli
+            return run_cli(args, subparsers["bench"])
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.status
+    except (_registry.BackendUnavailableError, OSError) as exc:
+        # a setting that cannot run here, a file that cannot be written
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 2

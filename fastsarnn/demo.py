@@ -85,15 +85,39 @@ def heat_map(attention_row_matrix, tokens, marker, rows=None) -> str:
     return "\n".join(lines)
 
 
-def plot_attention(attention, tokens=None, ax=None, title=None):
-    """A matplotlib heat map of an attention matrix ``(steps, positions)``; returns the figure.
+def compact_to_dense(attention, positions):
+    """A compact attention matrix ``(steps, window)`` with its ``positions`` as a dense
+    ``(steps, last - first + 1)`` one over the positions it spans; returns ``(dense,
+    first)`` (column ``j`` of ``dense`` is position ``first + j``)."""
+    att = np.asarray(attention, dtype=np.float64)
+    pos = np.asarray(positions)
+    if pos.shape != att.shape:
+        raise ValueError(f"positions must have the shape of attention {att.shape}; got "
+                         f"{pos.shape}")
+    used = pos >= 0
+    if not used.any():
+        return np.zeros((att.shape[0], 0)), 0
+    first, last = int(pos[used].min()), int(pos[used].max())
+    dense = np.zeros((att.shape[0], last - first + 1))
+    rows = np.broadcast_to(np.arange(att.shape[0])[:, None], att.shape)
+    dense[rows[used], pos[used] - first] = att[used]
+    return dense, first
+
+
+def plot_attention(attention, tokens=None, ax=None, title=None, positions=None):
+    """A matplotlib heat map of one sequence's attention; returns the figure.
 
     Parameters
     ----------
-    attention : array (T, P)
-        Rows: steps; columns: attended positions (``Output.attention`` of one sequence).
+    attention : array (T, P) or (T, window)
+        Rows: steps. Dense layout (``return_attention=True``): column = attended position.
+        Compact layout (``return_attention="window"``): pass ``positions`` too.
     tokens : sequence of str, optional
-        Labels for the positions (and steps).
+        Labels for the positions (and steps), from position 0 (dense) or from the first
+        position the compact rows span.
+    positions : array (T, window) of int, optional
+        ``Output.attention_positions`` of the same sequence: the compact layout is drawn at
+        the absolute positions it refers to.
     """
     import matplotlib
     if ax is None:
@@ -102,16 +126,21 @@ def plot_attention(attention, tokens=None, ax=None, title=None):
     att = np.asarray(attention, dtype=np.float64)
     if att.ndim != 2:
         raise ValueError(f"attention must be 2-D (steps, positions); got shape {att.shape}")
+    first = 0
+    if positions is not None:
+        att, first = compact_to_dense(att, positions)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(max(4, att.shape[1] * 0.18 + 2),
-                                        max(3, att.shape[0] * 0.18 + 1.5)))
+        fig, ax = plt.subplots(figsize=(min(14, max(4, att.shape[1] * 0.18 + 2)),
+                                        min(10, max(3, att.shape[0] * 0.18 + 1.5))))
     else:
         fig = ax.figure
-    im = ax.imshow(att, cmap="viridis", aspect="auto", vmin=0.0, vmax=max(att.max(), 1e-12))
+    im = ax.imshow(att, cmap="viridis", aspect="auto", vmin=0.0,
+                   vmax=max(att.max(initial=0.0), 1e-12),
+                   extent=(first - 0.5, first + att.shape[1] - 0.5, att.shape[0] - 0.5, -0.5))
     ax.set_xlabel("attended position")
     ax.set_ylabel("step")
     if tokens is not None:
-        ax.set_xticks(range(len(tokens)), list(tokens), fontsize=7)
+        ax.set_xticks(range(first, first + len(tokens)), list(tokens), fontsize=7)
         ax.set_yticks(range(min(len(tokens), att.shape[0])),
                       list(tokens)[: att.shape[0]], fontsize=7)
     if title:

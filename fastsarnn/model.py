@@ -14,14 +14,64 @@ PARAM_NAMES = ("W_x", "W_c", "b", "W_h", "W_s", "W_k", "W_q", "v")
 _FORMAT_VERSION = 1
 
 
-class Output(NamedTuple):
-    """Result of :meth:`SelfAttentionRNN.forward`."""
-
+class _OutputFields(NamedTuple):
     h: np.ndarray
     c: np.ndarray
     attention: Optional[np.ndarray]
     h_last: np.ndarray
     c_last: np.ndarray
+
+
+class Output(_OutputFields):
+    """Result of :meth:`SelfAttentionRNN.forward`.
+
+    Unpacks as ``h, c, attention, h_last, c_last`` (five fields, as always);
+    ``attention_positions`` is an attribute only: ``None``, or with
+    ``return_attention="window"`` the ``(B, T, window)`` int64 absolute position of each
+    column of ``attention`` (-1 where unused).
+    """
+
+    attention_positions: Optional[np.ndarray] = None
+
+    def __new__(cls, h, c, attention, h_last, c_last, attention_positions=None):
+        self = super().__new__(cls, h, c, attention, h_last, c_last)
+        self.attention_positions = attention_positions
+        return self
+
+    def _replace(self, **kwargs):
+        positions = kwargs.pop("attention_positions", self.attention_positions)
+        return Output(*super()._replace(**kwargs), attention_positions=positions)
+
+
+#: Accepted values of ``forward(return_attention=...)``.
+RETURN_ATTENTION = (False, True, "dense", "window")
+
+
+def _attention_mode(value, window):
+    """None (no attention), "dense" or "window" for a ``return_attention`` value."""
+    if isinstance(value, (bool, np.bool_)):
+        return "dense" if value else None
+    if isinstance(value, str) and value in ("dense", "window"):
+        if value == "window" and window is None:
+            raise ValueError("return_attention='window' needs a model with a window; this "
+                             "model has window=None (valid here: False, True, 'dense')")
+        return value
+    raise ValueError(f"return_attention must be one of {list(RETURN_ATTENTION)}; got "
+                     f"{value!r}")
+
+
+def window_positions(positions_before, lengths, T, window):
+    """``(B, T, window)`` int64: absolute position of each compact attention column.
+
+    Row ``r`` of sequence ``b`` (valid when ``r < lengths[b]``) is the step at position
+    ``p = positions_before[b] + r``; its column ``k`` holds position ``first + k`` for
+    ``first = max(0, p - window + 1)`` and ``k <= p - first``; every other entry is -1.
+    """
+    p = positions_before[:, None].astype(np.int64) + np.arange(T, dtype=np.int64)[None]
+    first = np.maximum(0, p - window + 1)
+    cols = first[:, :, None] + np.arange(window, dtype=np.int64)[None, None]
+    valid = (cols <= p[:, :, None]) & (np.arange(T)[None, :] < lengths[:, None])[:, :, None]
+    return np.where(valid, cols, np.int64(-1))
 
 
 class KernelParams:
@@ -172,9 +222,24 @@ class SelfAttentionRNN:
     @classmethod
     def from_torch(cls, module_or_state_dict) -> "SelfAttentionRNN":
         """A model from a :class:`fastsarnn.torch.SelfAttentionRNN` or its state dict
-        (exact weights; the configuration travels in the state dict)."""
-        from .torch import model_from_state_dict
-        return model_from_state_dict(module_or_state_dict)
+        (exact weights; the configuration travels in the state dict).
+
+        Needs no import of torch here: tensors are read through their ``numpy()`` method,
+        so :mod:`fastsarnn.model` never depends on :mod:`fastsarnn.torch`.
+        """
+        sd = module_or_state_dict
+        if callable(getattr(sd, "state_dict", None)):
+            sd = sd.state_dict()
+        extra = sd.get("_extra_state") if hasattr(sd, "get") else None
+        if not isinstance(extra, dict):
+            raise ValueError("state dict has no '_extra_state' (score, window, recurrence); "
+                             "save it from a fastsarnn.torch.SelfAttentionRNN")
+        if extra.get("score") not in _config.SCORES:
+            raise ValueError(f"unknown score {extra.get('score')!r} in state dict; expected "
+                             f"one of {list(_config.SCORES)}")
+        params = {k: np.asarray(sd[k].detach().cpu().numpy()) for k in PARAM_NAMES if k in sd}
+        dtype = "float64" if params["W_x"].dtype == np.float64 else "float32"
+        return cls(**params, score=extra["score"], window=extra["window"], dtype=dtype)
 
     def astype(self, dtype) -> "SelfAttentionRNN":
         """The same model with its weights cast to ``dtype``."""
@@ -263,8 +328,11 @@ class SelfAttentionRNN:
             Valid steps per sequence (an int for 2-D ``x``); later steps give zeros.
         state : State, optional
             Continue from (and advance) this state.
-        return_attention : bool
-            Also return attention rows ``(B, T, t0 + T)``.
+        return_attention : {False, True, "dense", "window"}
+            ``True``/``"dense"``: also return attention rows ``(B, T, t0 + T)``, column =
+            absolute position. ``"window"`` (models with a window only): the compact
+            ``(B, T, window)`` layout, oldest attended position first, with
+            ``out.attention_positions`` saying which position each column is.
         backend : str, optional
             ``"numpy"``, ``"numba"``, ``"c"``, ``"cuda"`` or ``"auto"``.
         num_threads : int, optional
@@ -275,8 +343,9 @@ class SelfAttentionRNN:
         Returns
         -------
         Output
-            ``(h, c, attention, h_last, c_last)``.
+            ``(h, c, attention, h_last, c_last)``, plus ``attention_positions``.
         """
+        mode = _attention_mode(return_attention, self._window)
         be = _registry.resolve(backend)
         on_device = getattr(be, "ACCEPTS_DEVICE_ARRAYS", False) and be.is_device_array(x)
         if on_device:   # device arrays in, device arrays out (backend "cuda")
@@ -318,24 +387,35 @@ class SelfAttentionRNN:
         if not device:
             st._sync_host()
         t0 = int(st.positions.max()) if B else 0
+        positions = None
+        if mode == "window":
+            positions = window_positions(st.positions, lens, T, self._window)
         if B and T:
             st._ensure_capacity(int((st.positions + lens).max()))
         H = self._H
         zeros = be.zeros if on_device else np.zeros
         out_h = zeros((B, T, H), dtype=self._dtype)
         out_c = zeros((B, T, H), dtype=self._dtype)
-        attn = zeros((B, T, t0 + T), dtype=self._dtype) if return_attention else None
+        attn = None if mode is None else zeros(
+            (B, T, self._window if mode == "window" else t0 + T), dtype=self._dtype)
         if B and T:
-            be.forward(self._kernel, xc, lens, st, out_h, out_c, attn, nt)
+            if mode == "window":
+                be.forward(self._kernel, xc, lens, st, out_h, out_c, attn, nt,
+                           compact_attention=True)
+            else:
+                be.forward(self._kernel, xc, lens, st, out_h, out_c, attn, nt)
             if not device:
                 st._host_changed()
         h_last, c_last = st.h.copy(), st.c.copy()
         if on_device:
             h_last, c_last = be.to_device(h_last), be.to_device(c_last)
+            if positions is not None:
+                positions = be.to_device(positions)
         if two_d:
             return Output(out_h[0], out_c[0], None if attn is None else attn[0],
-                          h_last[0], c_last[0])
-        return Output(out_h, out_c, attn, h_last, c_last)
+                          h_last[0], c_last[0],
+                          None if positions is None else positions[0])
+        return Output(out_h, out_c, attn, h_last, c_last, positions)
 
     __call__ = forward
 

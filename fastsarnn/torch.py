@@ -7,7 +7,11 @@ window, recurrence) as extra state, so ``fastsarnn.SelfAttentionRNN.from_torch(s
 needs nothing else. In eval mode under ``torch.no_grad()``/``inference_mode()``, setting
 ``module.backend`` (e.g. ``"c"``) runs the forward through fastsarnn's compiled kernels.
 
-Importing :mod:`fastsarnn` does not import torch; importing this module does.
+The step formulas live here once, as :func:`update_state` and :func:`attend`: the module
+trains with them and the benchmark's PyTorch peers (:mod:`fastsarnn.bench.peers`) time them.
+
+Importing :mod:`fastsarnn` does not import torch; importing this module does. This module
+depends on :mod:`fastsarnn.model`, never the other way round.
 """
 
 from __future__ import annotations
@@ -18,11 +22,41 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _config
-from .model import PARAM_NAMES
+from . import _registry
 from .model import SelfAttentionRNN as _NumpyModel
 
-__all__ = ["SelfAttentionRNN"]
+__all__ = ["SelfAttentionRNN", "attend", "update_state", "model_from_state_dict"]
+
+
+def update_state(proj_t, h, c, P):
+    """SPEC step 1 from the projected input ``proj_t = W_x x_t + b``: ``(B, H)`` -> ``h_t``.
+
+    ``P`` maps parameter names to tensors; ``W_h`` present means recurrence ``"hc"``.
+    """
+    pre = proj_t + c @ P["W_c"].T
+    W_h = P.get("W_h")
+    if W_h is not None:
+        pre = pre + h @ W_h.T
+    return torch.tanh(pre)
+
+
+def attend(score, Hs, Ks, h, P, hidden_size):
+    """SPEC steps 3-5 for states ``h (B, H)`` over the attended states ``Hs (B, n, H)``
+    (their keys ``Ks (B, n, Ha)`` for ``kq``/``additive``): returns ``(c_t, alpha)``."""
+    if score == "dot":
+        e = torch.bmm(Hs, h.unsqueeze(2)).squeeze(2)
+    elif score == "scaled_dot":
+        e = torch.bmm(Hs, h.unsqueeze(2)).squeeze(2) / math.sqrt(hidden_size)
+    elif score == "general":
+        e = torch.bmm(Hs, (h @ P["W_s"].T).unsqueeze(2)).squeeze(2)
+    elif score == "kq":
+        e = torch.bmm(Ks, (h @ P["W_q"].T).unsqueeze(2)).squeeze(2)
+    elif score == "additive":
+        e = torch.tanh(Ks + (h @ P["W_q"].T).unsqueeze(1)) @ P["v"]
+    else:
+        raise ValueError(f"unknown score {score!r}")
+    alpha = torch.softmax(e, dim=1)
+    return torch.bmm(alpha.unsqueeze(1), Hs).squeeze(1), alpha
 
 
 class SelfAttentionRNN(nn.Module):
@@ -57,8 +91,27 @@ class SelfAttentionRNN(nn.Module):
             p = nn.Parameter(torch.empty(arr.shape, dtype=dtype))
             nn.init.uniform_(p, -bound, bound)
             self.register_parameter(name, p)
-        #: fastsarnn backend for inference (eval mode, no grad); None: plain PyTorch.
-        self.backend = None
+        self._backend = None
+        self._cached = None         # (parameter versions, fastsarnn model)
+
+    @property
+    def backend(self):
+        """fastsarnn backend for inference (eval mode, no grad, CPU tensors); ``None``: plain
+        PyTorch. Checked when set: an unknown name is a ``ValueError``, a backend that cannot
+        run here a :class:`fastsarnn.BackendUnavailableError`."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, name):
+        if name is not None:
+            _registry.resolve(name)          # raises for unknown or unavailable names
+        self._backend = name
+
+    def extra_repr(self):
+        ha = f", attention_size={self.attention_size}" if self.attention_size else ""
+        return (f"input_size={self.input_size}, hidden_size={self.hidden_size}{ha}, "
+                f"score={self.score!r}, recurrence={self.recurrence!r}, window={self.window}, "
+                f"dtype={self.W_x.dtype}, backend={self._backend!r}")
 
     # -- configuration travels with the state dict -----------------------------------------
     def get_extra_state(self):
@@ -97,29 +150,25 @@ class SelfAttentionRNN(nn.Module):
             return self._forward_fastsarnn(x, lengths)
         return self._forward_torch(x, lengths)
 
+    def _parameter_versions(self):
+        """What identifies the current weights: each parameter's storage, dtype, shape and
+        in-place version counter (bumped by optimizers, ``copy_``, ``load_state_dict``)."""
+        return tuple((name, p.data_ptr(), p.dtype, tuple(p.shape), p._version)
+                     for name, p in self._parameters.items())
+
+    def fastsarnn_model(self) -> _NumpyModel:
+        """The fastsarnn model used for inference, rebuilt only when a parameter changed."""
+        key = self._parameter_versions()
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self.to_fastsarnn())
+        return self._cached[1]
+
     def _forward_fastsarnn(self, x, lengths):
-        model = self.to_fastsarnn()
+        model = self.fastsarnn_model()
         lens = None if lengths is None else np.asarray(torch.as_tensor(lengths).cpu(),
                                                        dtype=np.int64)
         out = model.forward(x.detach().numpy(), lengths=lens, backend=self.backend)
         return torch.from_numpy(out.h), torch.from_numpy(out.c)
-
-    def attend(self, hist, keys, t, h):
-        """Scores, softmax and context of step ``t`` over ``hist[:, first: t + 1]``."""
-        first = 0 if self.window is None else max(0, t - self.window + 1)
-        Hs = hist[:, first: t + 1]
-        if self.score == "dot":
-            e = torch.einsum("bnh,bh->bn", Hs, h)
-        elif self.score == "scaled_dot":
-            e = torch.einsum("bnh,bh->bn", Hs, h) / math.sqrt(self.hidden_size)
-        elif self.score == "general":
-            e = torch.einsum("bnh,bh->bn", Hs, h @ self.W_s.T)
-        elif self.score == "kq":
-            e = torch.einsum("bna,ba->bn", keys[:, first: t + 1], h @ self.W_q.T)
-        else:
-            e = torch.tanh(keys[:, first: t + 1] + (h @ self.W_q.T)[:, None]) @ self.v
-        alpha = torch.softmax(e, dim=1)
-        return torch.einsum("bn,bnh->bh", alpha, Hs), alpha, first
 
     def _forward_torch(self, x, lengths=None, return_attention=False):
         B, T, _ = x.shape
@@ -128,20 +177,20 @@ class SelfAttentionRNN(nn.Module):
         valid = torch.ones(B, T, dtype=torch.bool, device=x.device) if lengths is None else (
             torch.arange(T, device=x.device)[None] < torch.as_tensor(lengths,
                                                                      device=x.device)[:, None])
+        P = self._parameters
         proj = x @ self.W_x.T + self.b
         h = x.new_zeros(B, H)
         c = x.new_zeros(B, H)
         hist, keys, hs, cs, atts = [], [], [], [], []
         for t in range(T):
-            pre = proj[:, t] + c @ self.W_c.T
-            if self.recurrence == "hc":
-                pre = pre + h @ self.W_h.T
-            h_new = torch.tanh(pre)
+            h_new = update_state(proj[:, t], h, c, P)
             hist.append(h_new)
             if self.score in ("kq", "additive"):
                 keys.append(h_new @ self.W_k.T)
-            c_new, alpha, first = self.attend(torch.stack(hist, 1),
-                                              torch.stack(keys, 1) if keys else None, t, h_new)
+            first = 0 if self.window is None else max(0, t - self.window + 1)
+            c_new, alpha = attend(self.score, torch.stack(hist[first:], 1),
+                                  torch.stack(keys[first:], 1) if keys else None, h_new, P,
+                                  H)
             m = valid[:, t: t + 1].to(x.dtype)
             hs.append(h_new * m)
             cs.append(c_new * m)
@@ -160,16 +209,6 @@ class SelfAttentionRNN(nn.Module):
 
 
 def model_from_state_dict(module_or_state_dict) -> _NumpyModel:
-    """A fastsarnn model from a module or its state dict (configuration included)."""
-    sd = module_or_state_dict
-    if isinstance(sd, nn.Module):
-        sd = sd.state_dict()
-    extra = sd.get("_extra_state")
-    if extra is None:
-        raise ValueError("state dict has no '_extra_state' (score, window, recurrence); "
-                         "save it from a fastsarnn.torch.SelfAttentionRNN")
-    params = {k: sd[k].detach().cpu().numpy() for k in PARAM_NAMES if k in sd}
-    dtype = "float64" if params["W_x"].dtype == np.float64 else "float32"
-    if extra["score"] not in _config.SCORES:
-        raise ValueError(f"unknown score {extra['score']!r} in state dict")
-    return _NumpyModel(**params, score=extra["score"], window=extra["window"], dtype=dtype)
+    """A fastsarnn model from a module or its state dict (configuration included); the same
+    as :meth:`fastsarnn.SelfAttentionRNN.from_torch`."""
+    return _NumpyModel.from_torch(module_or_state_dict)

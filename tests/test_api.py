@@ -23,8 +23,16 @@ def test_backends_lists_every_backend_with_a_reason_when_unavailable():
     assert issubclass(fs.BackendUnavailableError, RuntimeError)
 
 
+def _pretend_cuda_runs(monkeypatch):
+    """Selection tests name "cuda"; choosing a backend that cannot run raises at once, so
+    stand the reference in for it (selection only, nothing is computed)."""
+    from fastsarnn import _registry
+    monkeypatch.setitem(_registry._loaded, "cuda", _registry._load("numpy"))
+
+
 def test_selection_precedence(monkeypatch):
     monkeypatch.delenv("FASTSARNN_BACKEND", raising=False)
+    _pretend_cuda_runs(monkeypatch)
     fs.set_backend(None)
     auto = fs.get_backend()
     assert auto in ("c", "numba", "numpy") and auto != "cuda"
@@ -58,6 +66,7 @@ def test_selection_precedence(monkeypatch):
 
 def test_use_backend_is_thread_local(monkeypatch):
     monkeypatch.delenv("FASTSARNN_BACKEND", raising=False)
+    _pretend_cuda_runs(monkeypatch)
     seen = {}
     inside = threading.Event()
     release = threading.Event()
@@ -83,8 +92,10 @@ def test_explicit_choice_never_falls_back(monkeypatch):
     monkeypatch.setitem(_registry._loaded, "numba",
                         _registry._UnavailableBackend("numba", "test says no"))
     m = make_model()
-    with fs.use_backend("numba"):
-        with pytest.raises(fs.BackendUnavailableError, match="test says no"):
+    with pytest.raises(fs.BackendUnavailableError, match="test says no"):
+        m.forward(make_x(1, 2, 5), backend="numba")
+    with pytest.raises(fs.BackendUnavailableError, match="test says no"):
+        with fs.use_backend("numba"):            # the choice itself fails, at once
             m.forward(make_x(1, 2, 5))
 
 

@@ -1,22 +1,33 @@
-"""``fastsarnn bench``: the quick suite writes its JSON and plot; bad options fail clearly."""
+"""``fastsarnn bench`` and the command line: the quick suite writes its JSON and plot, tables
+come as configurations finish, noise is flagged, and every user mistake gets one ``error:``
+line."""
 
 import json
 import os
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
 import fastsarnn as fs
-from fastsarnn import bench
+from fastsarnn import _config, bench
+from fastsarnn.bench import suite
 
 FIELDS = {"config", "backend", "median_s", "min_s", "speedup_vs_numpy", "speedup_vs_torch",
-          "gflops", "pct_sgemm", "max_abs_err", "within_tolerance", "B", "T", "D", "H"}
+          "gflops", "pct_sgemm", "max_abs_err", "within_tolerance", "B", "T", "D", "H",
+          "spread", "noisy", "load_per_core", "repeat", "times_s"}
+
+
+def run_cmd(args, cwd, env=None):
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "fastsarnn", *args], capture_output=True,
+                          text=True, timeout=600, cwd=str(cwd), env=full_env)
 
 
 def run_cli(args, cwd):
-    return subprocess.run([sys.executable, "-m", "fastsarnn", "bench", *args],
-                          capture_output=True, text=True, timeout=600, cwd=str(cwd))
+    return run_cmd(["bench", *args], cwd)
 
 
 def test_quick_bench_json_and_plot(tmp_path):
@@ -28,30 +39,139 @@ def test_quick_bench_json_and_plot(tmp_path):
     recs = data["records"]
     expected = bench.available_runners()
     assert "numpy" in expected
-    for cfg in bench.QUICK:
-        got = [r["backend"] for r in recs if r["config"] == cfg]
-        assert got == expected, cfg
+    cfgs = bench.default_configs(expected, quick=True)
+    assert ("XL" in [c.name for c in cfgs]) == any(n in bench.GPU_RUNNERS for n in expected)
+    for cfg in cfgs:
+        got = [r["backend"] for r in recs if r["config"] == cfg.name]
+        assert got == bench.runners_for(cfg, expected), cfg
     for r in recs:
+        if "skipped" in r:
+            continue
         assert FIELDS <= set(r), set(FIELDS) - set(r)
         assert r["within_tolerance"] and r["max_abs_err"] <= r["tolerance"]
-        assert r["min_s"] > 0 and r["gflops"] > 0 and r["pct_sgemm"] > 0
-    assert data["sgemm_gflops"] > 0
+        assert r["min_s"] > 0 and r["gflops"] > 0 and 0 < r["pct_sgemm"] <= 100
+        assert len(r["times_s"]) == r["repeat"] == 2       # every runner: the same count
+        assert r["noisy"] == (r["spread"] > _config.BENCH_NOISY_SPREAD)
+    assert data["sgemm_gflops"] > 0 and data["sgemm"]["start"]["runs"] >= 2
+    assert isinstance(data["reliable"], bool) and isinstance(data["warnings"], list)
+    assert data["reliable"] == (not data["warnings"])
+    assert "gpu" in data["machine"]
     png = (tmp_path / "p.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert "x numpy" in out.stdout and "GFLOP/s" in out.stdout
+    assert "figures look" in out.stdout
+
+
+def _args(tmp_path, **over):
+    import argparse
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    args = p.parse_args(["--quick", "--repeat", "2", "--backends", "numpy", "--no-progress",
+                         "--config", "S", "--config", "step"])
+    for k, v in over.items():
+        setattr(args, k, v)
+    return args, p
+
+
+def test_each_table_is_printed_before_the_next_configuration_runs(tmp_path, capsys,
+                                                                  monkeypatch):
+    seen_before = {}
+    real = suite.run_config
+
+    def spy(cfg, *a, **k):
+        seen_before[cfg.name] = capsys.readouterr().out      # what was printed so far
+        print(seen_before[cfg.name], end="")                  # keep it for the final check
+        return real(cfg, *a, **k)
+
+    monkeypatch.setattr(suite, "run_config", spy)
+    args, p = _args(tmp_path)
+    assert suite.run_cli(args, p) == 0
+    assert "\nS: B=1" not in seen_before["S"]
+    assert "\nS: B=1" in seen_before["step"]          # S's table came before step started
+
+
+def test_noisy_runs_are_flagged(monkeypatch):
+    real_runner = suite.runner
+    delays = iter([0.0, 0.005, 0.05, 0.05])            # warm-up, then min 5 ms, median 50 ms
+
+    def slow_runner(cfg, model, x, who):
+        run = real_runner(cfg, model, x, who)
+
+        def wrapped():
+            time.sleep(next(delays))
+            return run()
+        return wrapped
+
+    monkeypatch.setattr(suite, "runner", slow_runner)
+    cfg = bench.QUICK["S"]
+    (rec,) = suite.run_config(cfg, ["numpy"], 3, sgemm=100.0)
+    assert rec["spread"] > 1.5 and rec["noisy"]
+    table = suite.format_table([rec])
+    assert "noisy" in table and "unreliable" in table and "!" in table
+
+
+def test_percent_of_sgemm_never_exceeds_100():
+    recs = [{"config": "S", "backend": "c", "gflops": 50.0},
+            {"config": "S", "backend": "numba", "gflops": 5.0}]
+    suite.set_sgemm(recs, 20.0)
+    assert recs[0]["pct_sgemm"] == 100.0 and recs[0]["pct_sgemm_capped"]
+    assert recs[1]["pct_sgemm"] == 25.0 and not recs[1]["pct_sgemm_capped"]
+    for r in recs:
+        r.update(step=False, B=1, T=2, D=3, H=4, window=None, score="dot", dtype="float32",
+                 repeat=3, median_s=1.0, min_s=1.0, spread=1.0, noisy=False,
+                 speedup_vs_numpy=None, speedup_vs_torch=None, max_abs_err=0.0,
+                 within_tolerance=True, load_per_core=None)
+    table = suite.format_table(recs)
+    assert ">100" in table and "capped at 100" in table
+    rows = {ln.split()[0]: ln.split() for ln in table.splitlines() if ln.startswith("  c ")
+            or ln.startswith("  numba ")}
+    assert rows["c"][7] == ">100" and rows["numba"][7] == "25.0"
+
+
+def test_sgemm_baseline_is_the_best_of_several_warm_runs():
+    res = bench.measure_sgemm(64, min_runs=4, min_seconds=0.01)
+    assert res["runs"] >= 4 and res["best_s"] <= res["median_s"]
+    assert res["gflops"] == pytest.approx(2 * 64 ** 3 / res["best_s"] / 1e9)
+
+
+def test_remaining_time_is_estimated_from_measured_rates():
+    s, m = bench.QUICK["S"], bench.QUICK["M"]
+    est = suite.Estimate([(s, ["c", "numpy"]), (m, ["c", "numpy"])], repeat=2)
+    assert est.remaining_s() is None                    # nothing measured yet
+    est.reference_done("S", 0.01)
+    for who, sec in (("c", 0.001), ("numpy", 0.1)):
+        for _ in range(3):
+            est.ran("S", who, sec)
+    fs_, fm = bench.useful_flops(s), bench.useful_flops(m)
+    want = 3 * (0.001 + 0.1) * fm / fs_ + 0.01 * fm / fs_ + 2 * suite.SETTLE_S
+    assert est.remaining_s() == pytest.approx(want)
+
+
+def test_xl_runs_by_default_only_with_a_gpu_runner():
+    assert "XL" not in [c.name for c in bench.default_configs(["c", "numpy", "torch"])]
+    assert "XL" in [c.name for c in bench.default_configs(["c", "numpy", "torch-cuda"])]
+    xl = bench.CONFIGS["XL"]
+    assert (xl.B, xl.T, xl.D, xl.H, xl.window) == (1024, 512, 64, 256, None)
+    assert bench.runners_for(xl, ["c", "numpy", "torch", "torch-cuda"]) == ["c", "torch-cuda"]
+    assert bench.runners_for(xl, ["numpy", "torch"], explicit=True) == ["numpy", "torch"]
+    assert bench.runners_for(bench.CONFIGS["M"], ["c", "numpy"]) == ["c", "numpy"]
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--config", "XL"], "invalid choice"),
+    (["--config", "XXL"], "invalid choice"),
     (["--backends", "fortran"], "unknown backend"),
     (["--repeat", "0"], "--repeat must be >= 1"),
     (["--hidden-size", "-3"], "--hidden-size must be >= 1"),
     (["--dtype", "float16"], "invalid choice"),
+    (["--json", "no/such/folder/r.json"], "does not exist"),
 ])
 def test_bad_options_fail_clearly(tmp_path, args, msg):
     out = run_cli(["--quick", *args], tmp_path)
     assert out.returncode == 2
     assert msg in out.stderr
+    assert out.stderr.startswith("usage: fastsarnn bench")
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in out.stderr
 
 
 def test_unavailable_backend_is_an_error_not_a_skip(tmp_path):
@@ -74,3 +194,97 @@ def test_custom_sizes_and_flop_count(tmp_path):
     want = N * 2 * 5 * 9 + 4 * 5 * n + N * 2 * 25 + N * 4 * 5 * 5 + 3 * 5 * n
     assert bench.useful_flops(cfg) == want
     assert os.path.exists(tmp_path / "c.json")
+
+
+def test_plot_reference_slopes():
+    from fastsarnn.bench.plotting import fitted_slope
+    Ts = [256, 512, 1024, 2048]
+    assert fitted_slope(Ts, [t ** 2 * 1e-6 for t in Ts]) == pytest.approx(2.0)
+    assert fitted_slope(Ts, [t * 3e-3 for t in Ts]) == pytest.approx(1.0)
+
+
+# -- the command line: one `error:` line per mistake ---------------------------------------
+
+def assert_one_error_line(out, status=None):
+    assert out.returncode != 0 if status is None else out.returncode == status, out
+    assert "Traceback" not in out.stderr, out.stderr
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, out.stderr
+    return errors[0]
+
+
+def test_unknown_backend_in_the_environment(tmp_path):
+    out = run_cmd(["info"], tmp_path, env={"FASTSARNN_BACKEND": "garbage"})
+    line = assert_one_error_line(out)
+    assert "garbage" in line and "FASTSARNN_BACKEND" in line
+    assert out.stdout == ""                              # no half report
+
+
+def test_demo_with_an_unknown_backend(tmp_path):
+    out = run_cmd(["demo", "--backend", "foo"], tmp_path)
+    line = assert_one_error_line(out, 2)
+    assert "'foo'" in line and "expected one of" in line
+    assert out.stderr.startswith("usage: fastsarnn demo")   # the subcommand's usage
+
+
+def test_demo_with_an_unavailable_backend(tmp_path):
+    if fs.backends()["cuda"].available:
+        pytest.skip("cuda is available here")
+    out = run_cmd(["demo", "--backend", "cuda"], tmp_path)
+    line = assert_one_error_line(out, 2)
+    assert "'cuda' is unavailable" in line
+
+
+def test_info_flags_a_selected_backend_that_cannot_run(tmp_path):
+    if fs.backends()["cuda"].available:
+        pytest.skip("cuda is available here")
+    out = run_cmd(["info"], tmp_path, env={"FASTSARNN_BACKEND": "cuda"})
+    line = assert_one_error_line(out, 1)
+    assert "'cuda'" in line and "cannot run here" in line
+    assert "backends:" in out.stdout                    # the report is there to say why
+
+
+def test_help_is_plain_text_and_lists_every_command(tmp_path):
+    out = run_cmd(["--help"], tmp_path)
+    assert out.returncode == 0
+    assert "``" not in out.stdout and ":func:" not in out.stdout
+    for cmd in ("info", "bench", "demo"):
+        assert f"  {cmd} " in out.stdout, cmd
+
+
+def test_demo_plot_without_a_file_name_writes_the_default(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = run_cmd(["demo", "--n", "20", "--plot"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "attention.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_set_backend_fails_when_called_for_a_backend_that_cannot_run(monkeypatch):
+    from fastsarnn import _registry
+    monkeypatch.delenv("FASTSARNN_BACKEND", raising=False)
+    monkeypatch.setitem(_registry._loaded, "numba",
+                        _registry._UnavailableBackend("numba", "test says no"))
+    fs.set_backend("numpy")
+    try:
+        with pytest.raises(fs.BackendUnavailableError, match="test says no"):
+            fs.set_backend("numba")
+        assert fs.get_backend() == "numpy"              # the failed call changed nothing
+        with pytest.raises(fs.BackendUnavailableError, match="test says no"):
+            with fs.use_backend("numba"):
+                pass
+        assert fs.get_backend() == "numpy"
+    finally:
+        fs.set_backend(None)
+    # the environment variable is read per call: an unavailable backend raises at use
+    monkeypatch.setenv("FASTSARNN_BACKEND", "numba")
+    assert fs.get_backend() == "numba"
+    with pytest.raises(fs.BackendUnavailableError, match="test says no"):
+        fs.SelfAttentionRNN.random(2, 3, seed=0).forward(np.zeros((2, 2)))
+
+
+def test_set_backend_cuda_without_a_gpu():
+    if fs.backends()["cuda"].available:
+        pytest.skip("cuda is available here")
+    with pytest.raises(fs.BackendUnavailableError, match="cuda"):
+        fs.set_backend("cuda")
+    assert fs.get_backend() != "cuda"

@@ -211,3 +211,34 @@ def test_known_but_unavailable_backend_raises(monkeypatch):
         m.forward(make_x(1, 2, D), backend="c")
     with pytest.raises(RuntimeError):
         m.step(make_x(1, 1, D)[:, 0], m.init_state(1), backend="c")
+
+
+# -- return_attention values ---------------------------------------------------------------
+
+def test_return_attention_values_are_checked(backend):
+    import fastsarnn as fs
+    model = fs.SelfAttentionRNN.random(3, 4, seed=0)
+    x = np.zeros((2, 3))
+    st = model.init_state(1)
+    with pytest.raises(ValueError, match="window=None.*False, True, 'dense'"):
+        model.forward(x, state=st, return_attention="window", backend=backend)
+    for bad in ("compact", "Dense", 2, None, "yes"):
+        with pytest.raises(ValueError, match="return_attention must be one of"):
+            model.forward(x, state=st, return_attention=bad, backend=backend)
+    assert st.positions[0] == 0                        # the failed calls changed nothing
+    out = model.forward(x, return_attention="dense", backend=backend)
+    assert out.attention.shape == (2, 2) and out.attention_positions is None
+
+
+def test_output_unpacks_into_five_fields():
+    import fastsarnn as fs
+    model = fs.SelfAttentionRNN.random(3, 4, window=2, seed=0)
+    out = model.forward(np.zeros((2, 4, 3)), return_attention="window", backend="numpy")
+    h, c, attention, h_last, c_last = out
+    assert attention is out.attention and len(out) == 5
+    assert out.attention_positions.shape == (2, 4, 2)
+    again = out._replace(h=None)
+    assert again.h is None and again.attention_positions is out.attention_positions
+    import pickle
+    back = pickle.loads(pickle.dumps(out))
+    assert np.array_equal(back.attention_positions, out.attention_positions)

@@ -30,8 +30,11 @@ def _scores(p, H_S, K_S, h_t):
     raise AssertionError(p.score)
 
 
-def _one_step(p, x_t, b, state, out_h, out_c, out_attn, r):
-    """Steps 1-5 for sequence ``b``; writes outputs row ``r`` and advances the state."""
+def _one_step(p, x_t, b, state, out_h, out_c, out_attn, r, compact=False):
+    """Steps 1-5 for sequence ``b``; writes outputs row ``r`` and advances the state.
+
+    Attention row: dense, column = absolute position; or compact, column ``k`` = the k-th
+    oldest attended position (``first + k``)."""
     pos = int(state.positions[b])  # 0-based position of this step
     # 1. state update
     pre = p.W_x @ x_t + p.W_c @ state.c[b] + p.b
@@ -61,14 +64,21 @@ def _one_step(p, x_t, b, state, out_h, out_c, out_attn, r):
     out_h[b, r] = h_t
     out_c[b, r] = c_t
     if out_attn is not None:
-        out_attn[b, r, attended] = alpha
+        if compact:
+            out_attn[b, r, : attended.size] = alpha
+        else:
+            out_attn[b, r, attended] = alpha
 
 
-def forward(p, x, lengths, state, out_h, out_c, out_attn, num_threads=None):
-    """Whole sequences: sequence ``b`` runs its first ``lengths[b]`` steps."""
+def forward(p, x, lengths, state, out_h, out_c, out_attn, num_threads=None,
+            compact_attention=False):
+    """Whole sequences: sequence ``b`` runs its first ``lengths[b]`` steps.
+
+    ``compact_attention``: ``out_attn`` is ``(B, T, window)`` and row r holds the weights of
+    positions ``first .. p`` in columns ``0 .. p - first`` (SPEC section 2)."""
     for b in range(x.shape[0]):
         for r in range(int(lengths[b])):
-            _one_step(p, x[b, r], b, state, out_h, out_c, out_attn, r)
+            _one_step(p, x[b, r], b, state, out_h, out_c, out_attn, r, compact_attention)
 
 
 def step(p, x, active, state, out_h, out_c, num_threads=None):
