@@ -207,6 +207,11 @@ class SelfAttentionRNN:
         # what Dask sends to its workers, once.
         return (_rebuild, (self._params, self._score, self._window, self._dtype.name))
 
+    def __dask_tokenize__(self):
+        # Dask's name for the model: every input that changes its results, weights by value.
+        return ("fastsarnn.SelfAttentionRNN", self._score, self._recurrence, self._window,
+                self._dtype.name, sorted(self._params.items()))
+
     # -- properties ----------------------------------------------------------------------
     input_size = property(lambda self: self._D, doc="D, the input size.")
     hidden_size = property(lambda self: self._H, doc="H, the hidden size.")
