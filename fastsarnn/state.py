@@ -13,14 +13,18 @@ class State:
     Buffers (NumPy, the same layout for every backend): ``hist (B, cap, H)``,
     ``keys (B, cap, Ha)`` (``kq``/``additive`` only, else ``None``), ``h (B, H)``,
     ``c (B, H)``, ``positions (B,)``. Position ``p`` (0-based) lives in slot
-    ``p % window`` with a window (``cap == window``, a ring buffer), else in slot ``p``
-    (``cap`` doubles as the stream grows).
+    ``p % window`` with a window, else in slot ``p``. ``cap`` doubles as the stream grows;
+    with a window it stops at ``window`` (a ring buffer from then on), so a window longer
+    than the stream costs only what the stream needs. While ``cap < window`` no position
+    has wrapped (``positions <= cap < window``, so ``p % window == p``).
     """
 
     def __init__(self, owner, batch_size, hidden_size, attention_size, window, dtype, capacity):
         self._owner = owner
         self._window = window
-        cap = window if window is not None else max(int(capacity), 1)
+        cap = max(int(capacity), 1)
+        if window is not None:
+            cap = min(cap, window)
         self.hist = np.zeros((batch_size, cap, hidden_size), dtype=dtype)
         self.keys = (
             np.zeros((batch_size, cap, attention_size), dtype=dtype) if attention_size else None
@@ -99,13 +103,20 @@ class State:
 
     # -- used by the model ---------------------------------------------------------------
     def _ensure_capacity(self, needed: int) -> None:
-        """Grow (amortised doubling) so that positions < ``needed`` fit; no-op with a window."""
-        if self._window is not None or needed <= self.capacity:
+        """Grow (amortised doubling) so that positions < ``needed`` fit, or, with a window,
+        up to ``window`` entries (a full ring buffer holds every attended position).
+
+        Below ``window`` no position has wrapped yet (slot ``p % window == p``), so copying
+        the old slots to the same indices keeps every position where the layout puts it.
+        """
+        if needed <= self.capacity or self.capacity == self._window:
             return
         self._sync_host()
         cap = self.capacity
         while cap < needed:
             cap *= 2
+        if self._window is not None:
+            cap = min(cap, self._window)
         for name in ("hist", "keys"):
             old = getattr(self, name)
             if old is None:

@@ -208,3 +208,58 @@ def test_imported_package_is_the_installed_one():
         src_pkg = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir,
                                                 "fastsarnn", "__init__.py"))
         assert os.path.realpath(fs.__file__) != src_pkg
+
+
+# -- a window longer than the stream costs what the stream needs ------------------------------
+def test_huge_window_costs_what_the_sequence_needs(backend):
+    """window=10**12 on 3 steps: no terabyte ring buffer; the same numbers as no window
+    (every position is attended either way)."""
+    mw = make_model(window=10**12, dtype="float64")
+    m = make_model(dtype="float64")
+    x = make_x(2, 3, 5)
+    got = mw.forward(x, return_attention=True, backend=backend)
+    want = m.forward(x, return_attention=True, backend=backend)
+    for a, b in zip(got, want):
+        assert max_err(a, b) == 0.0
+    st = mw.init_state(2)
+    assert st.capacity == fs._config.DEFAULT_CAPACITY
+    for t in range(3):
+        mw.step(x[:, t], st, backend=backend)
+    assert max_err(st.h, want.h_last) == 0.0 and max_err(st.c, want.c_last) == 0.0
+
+
+@pytest.mark.parametrize("window", [5, 8, 10**12])
+def test_windowed_history_grows_to_the_window_then_wraps(backend, window):
+    """A windowed state starts at min(capacity, window), doubles as the stream grows, stops
+    at window and becomes a ring buffer; position p lives in slot p % window throughout."""
+    m = make_model(score="kq", recurrence="hc", window=window, Ha=3, dtype="float64")
+    T = 21
+    x = make_x(2, T, 5)
+    ref = reference(m, x, return_attention=True)
+    st = m.init_state(2, capacity=2)
+    caps = [st.capacity]
+    t = 0
+    for n in (1, 2, 1, 4, 1, 5, 7):            # steps and chunks, crossing every doubling
+        if n == 1:
+            h, c = m.step(x[:, t], st, backend=backend)
+            assert max_err(h, ref.h[:, t]) <= 1e-12 and max_err(c, ref.c[:, t]) <= 1e-12
+        else:
+            out = m.forward(x[:, t:t + n], state=st, return_attention=True, backend=backend)
+            assert max_err(out.h, ref.h[:, t:t + n]) <= 1e-12
+            assert max_err(out.attention, ref.attention[:, t:t + n, :t + n]) <= 1e-12
+        t += n
+        caps.append(st.capacity)
+        assert st.capacity == min(window, max(2, 1 << (t - 1).bit_length()))
+        hist = st.copy().hist                   # (a device backend syncs the copy)
+        for p in range(max(0, t - window), t):         # every attended position, in its slot
+            assert max_err(hist[:, p % window], ref.h[:, p]) <= 1e-12
+    assert t == T and caps == sorted(caps) and caps[-1] == min(window, 32)
+
+
+def test_init_state_capacity_with_a_window():
+    m = make_model(window=6)
+    assert m.init_state(1).capacity == 6                  # min(DEFAULT_CAPACITY, window)
+    assert m.init_state(1, capacity=4).capacity == 4      # grows up to the window
+    assert m.init_state(1, capacity=100).capacity == 6    # never more than the window
+    assert make_model(window=10**12).init_state(3).hist.shape == (
+        3, fs._config.DEFAULT_CAPACITY, 8)

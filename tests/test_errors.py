@@ -211,3 +211,92 @@ def test_known_but_unavailable_backend_raises(monkeypatch):
         m.forward(make_x(1, 2, D), backend="c")
     with pytest.raises(RuntimeError):
         m.step(make_x(1, 1, D)[:, 0], m.init_state(1), backend="c")
+
+
+# -- load: a file that is not a saved model --------------------------------------------------
+def _write(path, kind):
+    if kind == "npz with pickled objects":
+        with open(path, "wb") as f:
+            np.savez(f, __config__=np.array('{"score": "dot"}'), W_x=np.array([{}], object))
+    elif kind == "pickled config":
+        with open(path, "wb") as f:
+            np.savez(f, __config__=np.array([{"score": "dot"}], dtype=object))
+    elif kind == "text file":
+        path.write_text("W_x = [[1, 2]]\n")
+    elif kind == "binary file":
+        path.write_bytes(b"\x00\x01\x02garbage" * 8)
+    elif kind == "empty file":
+        path.write_bytes(b"")
+    elif kind == "npy file":
+        with open(path, "wb") as f:
+            np.save(f, np.zeros((2, 3)))
+    elif kind == "damaged npz":
+        make_model().save(path)
+        path.write_bytes(path.read_bytes()[:200])
+    elif kind == "npz without config":
+        with open(path, "wb") as f:
+            np.savez(f, W_x=np.zeros((2, 3)))
+    elif kind == "config not json":
+        with open(path, "wb") as f:
+            np.savez(f, __config__=np.array("{score: dot"))
+    elif kind == "config missing keys":
+        with open(path, "wb") as f:
+            np.savez(f, __config__=np.array('{"format": 1, "score": "dot"}'))
+    elif kind == "newer format":
+        with open(path, "wb") as f:
+            np.savez(f, __config__=np.array('{"format": 99, "score": "dot", "window": null, '
+                                            '"dtype": "float32", "recurrence": "c"}'))
+
+
+LOAD_CASES = {
+    "npz with pickled objects": r"entry 'W_x' holds pickled Python objects",
+    "pickled config": r"entry '__config__' holds pickled Python objects",
+    "text file": r"found a text file beginning 'W_x = \[\[1, 2\]\]",
+    "binary file": r"found a binary file beginning b'\\x00\\x01\\x02garb",
+    "empty file": "found an empty file",
+    "npy file": r"found a single NumPy array \(\.npy\) of shape \(2, 3\)",
+    "damaged npz": "found a damaged zip archive",
+    "npz without config": r"found an \.npz archive without a __config__ entry \(entries: \['W_x'\]\)",
+    "config not json": "found a __config__ entry that is not JSON",
+    "config missing keys": r"__config__ lacks \['dtype', 'recurrence', 'window'\]",
+    "newer format": "format 99",
+}
+
+
+@pytest.mark.parametrize("kind", list(LOAD_CASES))
+def test_load_says_what_file_was_expected_and_what_was_found(tmp_path, kind):
+    path = tmp_path / "model.npz"
+    _write(path, kind)
+    with pytest.raises(ValueError) as info:
+        fs.SelfAttentionRNN.load(path)
+    msg = str(info.value)
+    assert "expected a fastsarnn model file written by SelfAttentionRNN.save" in msg
+    assert str(path) in msg
+    import re
+    assert re.search(LOAD_CASES[kind], msg), msg
+    assert "allow_pickle" not in msg and "pickled (object) data" not in msg
+
+
+def test_load_of_a_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        fs.SelfAttentionRNN.load(tmp_path / "nothing.npz")
+
+
+# -- ragged nested lists ----------------------------------------------------------------------
+@pytest.mark.parametrize("ragged, depth", [
+    ([[0.0] * D, [0.0] * (D - 1)], 1),
+    ([[[0.0] * D] * 3, [[0.0] * D] * 2], 1),
+    ([[[0.0] * D] * 3, [[0.0] * D, [0.0] * D, [0.0] * (D + 1)]], 2),
+], ids=["2-D", "3-D steps", "3-D inner"])
+def test_ragged_nested_list_says_what_x_must_be(ragged, depth):
+    m = make_model(D=D, H=H)
+    with pytest.raises(ValueError) as info:
+        m.forward(ragged)
+    msg = str(info.value)
+    assert f"x must have shape (T, {D}) or (B, T, {D})" in msg, msg
+    assert f"got a ragged nested sequence (its lengths differ at depth {depth}" in msg, msg
+    assert "inhomogeneous" not in msg
+    st = m.init_state(2)
+    with pytest.raises(ValueError, match=rf"x_t must have shape \(2, {D}\); got a ragged"):
+        m.step([[0.0] * D, [0.0] * (D - 1)], st)
+    assert st.t == 0
