@@ -56,24 +56,31 @@ class State:
         return int(self.positions.max()) if self.positions.size else 0
 
     def reset(self, rows=None) -> None:
-        """Start over, for all rows or only ``rows`` (indices or a boolean mask)."""
-        self._sync_host()
+        """Start over, for all rows or only ``rows``: row indices in ``[0, batch_size)``
+        (an int or a 1-D sequence; negative indices are rejected, not counted from the
+        end) or a boolean mask of shape ``(batch_size,)``. A rejected call changes nothing."""
+        B = self.batch_size
+        rule = f"rows must be row indices in [0, {B}) or a boolean mask of shape ({B},)"
         if rows is None:
             sel = slice(None)
         else:
             arr = np.asarray(rows)
+            if arr.size == 0 and arr.ndim == 1:
+                return                                    # no rows: nothing to reset
             if arr.dtype.kind == "b":
-                _validate.expect_shape("rows (boolean mask)", arr, (self.batch_size,))
+                _validate.expect_shape("rows (boolean mask)", arr, (B,))
             elif arr.dtype.kind in "iu":
                 if arr.ndim > 1:
-                    raise ValueError(f"rows must be 1-D; got shape {arr.shape}")
-                if arr.size and (arr.min() < -self.batch_size or arr.max() >= self.batch_size):
-                    raise ValueError(
-                        f"rows must be in [0, {self.batch_size}); got {arr.tolist()}"
-                    )
+                    raise ValueError(f"{rule}; got a {arr.ndim}-D array of shape "
+                                     f"{_validate.shape_str(arr.shape)} (indices must be 1-D)")
+                bad = arr[(arr < 0) | (arr >= B)]
+                if bad.size:
+                    raise ValueError(f"{rule}; got {arr.tolist()} ({bad.ravel()[0]} is outside)")
             else:
-                raise TypeError(f"rows must be integer indices or a boolean mask; got {arr.dtype}")
+                raise TypeError(f"rows must be integer indices or a boolean mask; got dtype "
+                                f"{arr.dtype}")
             sel = arr
+        self._sync_host()
         self.positions[sel] = 0
         self.h[sel] = 0
         self.c[sel] = 0

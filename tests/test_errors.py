@@ -198,7 +198,7 @@ def test_random_and_state_argument_errors():
     with pytest.raises(ValueError, match=">= 1"):
         m.init_state(1, capacity=0)
     st = m.init_state(2)
-    with pytest.raises(ValueError, match=r"rows must be in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"rows must be row indices in \[0, 2\)"):
         st.reset(rows=[5])
 
 
@@ -300,3 +300,33 @@ def test_ragged_nested_list_says_what_x_must_be(ragged, depth):
     with pytest.raises(ValueError, match=rf"x_t must have shape \(2, {D}\); got a ragged"):
         m.step([[0.0] * D, [0.0] * (D - 1)], st)
     assert st.t == 0
+
+
+# -- state.reset(rows): one rule, stated by its message ----------------------------------------
+@pytest.mark.parametrize("rows", [[-1], [0, -2], -1, [2], [0, 5]])
+def test_reset_rows_outside_the_batch_are_rejected_and_change_nothing(primed, rows):
+    _, st = primed
+    snap = snapshot(st)
+    with pytest.raises(ValueError, match=r"rows must be row indices in \[0, 2\) or a boolean "
+                                         r"mask of shape \(2,\); got "):
+        st.reset(rows=rows)
+    assert_same(st, snap)
+
+
+def test_reset_rows_accepts_indices_a_mask_or_nothing(primed):
+    model, st = primed
+    st.reset(rows=[])                                   # no rows: nothing changes
+    assert st.positions.tolist() == [3, 3]
+    st.reset(rows=np.array([False, True]))
+    assert st.positions.tolist() == [3, 0] and not st.h[1].any() and st.h[0].any()
+    model.forward(make_x(2, 1, D), state=st, backend="numpy")
+    st.reset(rows=1)
+    assert st.positions.tolist() == [4, 0]
+    st.reset(rows=np.array([0], dtype=np.uint8))
+    assert st.positions.tolist() == [0, 0] and not st.hist.any()
+    with pytest.raises(TypeError, match="integer indices or a boolean mask"):
+        st.reset(rows=[0.0])
+    with pytest.raises(ValueError, match=r"rows \(boolean mask\) must have shape \(2,\)"):
+        st.reset(rows=[True, False, True])
+    with pytest.raises(ValueError, match="1-D"):
+        st.reset(rows=[[0]])
