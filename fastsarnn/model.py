@@ -359,7 +359,10 @@ class SelfAttentionRNN:
         Parameters
         ----------
         x : array_like
-            Inputs; integer and float arrays are cast to the model dtype.
+            Inputs; integer and float arrays are cast silently to the model dtype, as
+            ``np.asarray(x, dtype=model.dtype)`` does (float64 ``x`` on a float32 model is
+            rounded to float32, without a warning; values beyond float32's range become inf
+            and are reported by ``check_finite``).
         lengths : int or array of int, optional
             Valid steps per sequence (an int for 2-D ``x``); later steps give zeros.
         state : State, optional
@@ -446,7 +449,8 @@ class SelfAttentionRNN:
         Parameters
         ----------
         x_t : array_like
-            ``(B, D)``, or ``(D,)`` for a state of batch size 1.
+            ``(B, D)``, or ``(D,)`` for a state of batch size 1; cast silently to the model
+            dtype, as in :meth:`forward`.
         state : State
             The streams' state (advanced in place).
         active : array of bool, optional

@@ -330,3 +330,20 @@ def test_reset_rows_accepts_indices_a_mask_or_nothing(primed):
         st.reset(rows=[True, False, True])
     with pytest.raises(ValueError, match="1-D"):
         st.reset(rows=[[0]])
+
+
+def test_float64_input_to_a_float32_model_is_cast_silently_as_documented(backend):
+    """Documented (forward/step docstrings, README): cast like np.asarray(x, dtype), no
+    warning, the same result as casting first."""
+    import warnings
+    m = make_model(D=D, H=H, dtype="float32")
+    x = make_x(2, 3, D) * (1 + 1e-12)                    # not representable in float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = m.forward(x, backend=backend)
+        h, _ = m.step(x[:, 0], m.init_state(2), backend=backend)
+    want = m.forward(np.asarray(x, dtype=np.float32), backend=backend)
+    assert got.h.dtype == np.float32 and np.array_equal(got.h, want.h)
+    assert np.array_equal(h, want.h[:, 0])
+    assert "cast silently" in fs.SelfAttentionRNN.forward.__doc__
+    assert "cast silently" in fs.SelfAttentionRNN.step.__doc__
