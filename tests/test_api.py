@@ -169,12 +169,17 @@ def test_state_copy_is_independent_and_t_tracks_positions():
     m.forward(make_x(2, 4, 5), state=st, lengths=np.array([4, 2]), backend="numpy")
     assert st.positions.tolist() == [4, 2] and st.t == 4
     cp = st.copy()
-    m.forward(make_x(2, 1, 5), state=st, backend="numpy")
-    assert cp.positions.tolist() == [4, 2] and st.positions.tolist() == [5, 3]
-    # the copy continues exactly as the original would have
-    a = m.forward(make_x(2, 1, 5), state=cp, backend="numpy").h
-    b = m.forward(make_x(2, 1, 5), state=st.copy(), backend="numpy").h
-    assert not np.array_equal(a, b)
+    x_next = make_x(2, 2, 5, seed=3)
+    orig = m.forward(x_next, state=st, backend="numpy")
+    assert cp.positions.tolist() == [4, 2] and st.positions.tolist() == [6, 4]
+    # the copy continues exactly as the original did (outputs and state), and advancing it
+    # leaves the original alone
+    after = {k: getattr(st, k).copy() for k in ("hist", "h", "c", "positions")}
+    again = m.forward(x_next, state=cp, backend="numpy")
+    for a, b in zip(again, orig):
+        assert np.array_equal(a, b)
+    for k, v in after.items():
+        assert np.array_equal(getattr(cp, k), v) and np.array_equal(getattr(st, k), v), k
     st.reset()
     assert st.t == 0 and not st.h.any() and not st.hist.any()
     with pytest.raises(ValueError, match="another model"):
@@ -201,13 +206,15 @@ def test_imported_package_is_the_installed_one():
     dist = importlib.metadata.distribution("fastsarnn")
     assert dist.version == fs.__version__
     files = {str(f) for f in dist.files or ()}
-    if os.environ.get("CI"):
-        installed = os.path.realpath(dist.locate_file("fastsarnn/__init__.py"))
-        assert "fastsarnn/__init__.py" in files
-        assert os.path.realpath(fs.__file__) == installed
-        src_pkg = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir,
-                                                "fastsarnn", "__init__.py"))
-        assert os.path.realpath(fs.__file__) != src_pkg
+    how = ("install the package (pip install \".[test]\", not editable) and run the pytest "
+           "script from the repository root, not python -m pytest")
+    assert "fastsarnn/__init__.py" in files, f"fastsarnn is not installed as files; {how}"
+    installed = os.path.realpath(dist.locate_file("fastsarnn/__init__.py"))
+    assert os.path.realpath(fs.__file__) == installed, (
+        f"imported {fs.__file__}, installed {installed}; {how}")
+    src_pkg = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir,
+                                            "fastsarnn", "__init__.py"))
+    assert os.path.realpath(fs.__file__) != src_pkg, how
 
 
 # -- a window longer than the stream costs what the stream needs ------------------------------
