@@ -270,3 +270,26 @@ def test_init_state_capacity_with_a_window():
     assert m.init_state(1, capacity=100).capacity == 6    # never more than the window
     assert make_model(window=10**12).init_state(3).hist.shape == (
         3, fs._config.DEFAULT_CAPACITY, 8)
+
+
+def test_backends_is_one_thing_the_subpackage_that_lists_backends_when_called():
+    """``fastsarnn.backends`` names one object: the subpackage of backend modules, which
+    called as ``fs.backends()`` returns the SPEC's dict."""
+    code = (
+        "import sys\n"
+        "import fastsarnn.backends as b\n"
+        "import fastsarnn as fs\n"
+        "from fastsarnn import backends as c\n"
+        "assert b is sys.modules['fastsarnn.backends'] is fs.backends is c, (b, fs.backends)\n"
+        "info = b()\n"
+        "assert list(info) == ['numpy', 'numba', 'c', 'cuda'], info\n"
+        "assert all(isinstance(v, fs.BackendInfo) for v in info.values())\n"
+        "assert fs.backends() == info\n"
+        "import fastsarnn.backends.numpy_ref\n"
+        "assert fs.backends.numpy_ref is sys.modules['fastsarnn.backends.numpy_ref']\n"
+        "assert fs.backends is sys.modules['fastsarnn.backends']   # still, after a load\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]

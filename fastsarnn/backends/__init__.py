@@ -1,5 +1,8 @@
 """Backends: one module each, one set of kernel entry points.
 
+``fastsarnn.backends`` is this subpackage, and calling it, ``fastsarnn.backends()``, returns
+every backend name -> :class:`~fastsarnn.BackendInfo` (SPEC section 3): one name, one thing.
+
 Every backend module exposes
 
 ``availability() -> (bool, reason)``
@@ -16,3 +19,18 @@ Every backend module exposes
 All input checks live in :mod:`fastsarnn.model`; compiled kernels re-check the sizes they
 are handed so that no argument can make them read or write out of bounds.
 """
+
+import sys as _sys
+import types as _types
+
+
+class _BackendsPackage(_types.ModuleType):
+    """The subpackage, callable: ``fastsarnn.backends()`` lists the backends."""
+
+    def __call__(self) -> dict:
+        """Every backend name -> ``BackendInfo(available, reason)``."""
+        from .._registry import backends
+        return backends()
+
+
+_sys.modules[__name__].__class__ = _BackendsPackage
