@@ -10,7 +10,9 @@ Every backend module exposes
 ``forward(p, x, lengths, state, out_h, out_c, out_attn, num_threads)``
     ``p`` is the model's :class:`~fastsarnn.model.KernelParams`; ``x (B, T, D)`` is
     C-contiguous in the model dtype; ``lengths`` int64 ``(B,)`` in ``[0, T]``; ``state`` a
-    :class:`~fastsarnn.state.State` whose capacity already fits every new position;
+    :class:`~fastsarnn.state.State` whose capacity already fits every new position (with
+    ``p.window`` set, ``capacity == p.window``; a windowed state whose history is still
+    shorter than its window comes with the model's unwindowed ``p``: nothing has wrapped);
     ``out_h``, ``out_c`` zeros ``(B, T, H)``; ``out_attn`` zeros ``(B, T, ncols)`` or
     ``None``. Writes the outputs and advances the state; allocates nothing the caller sees.
 ``step(p, x, active, state, out_h, out_c, num_threads)``
