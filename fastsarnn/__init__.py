@@ -34,11 +34,11 @@ def _warn_if_unbuilt_source_tree():
 
 _warn_if_unbuilt_source_tree()
 
-# The subpackage ``fastsarnn.backends`` is imported first so that the function
-# ``fastsarnn.backends()`` bound below is not replaced by the subpackage when a backend loads.
-from . import backends as _backends_package  # noqa: F401
-from ._registry import (BackendInfo, BackendUnavailableError, backends, get_backend,
-                        set_backend, use_backend)
+# ``fastsarnn.backends`` is the subpackage of backend modules; it is callable:
+# ``fastsarnn.backends()`` returns the dict of BackendInfo (fastsarnn/backends/__init__.py).
+from . import backends
+from ._registry import (BackendInfo, BackendUnavailableError, get_backend, set_backend,
+                        use_backend)
 from .model import Output, SelfAttentionRNN
 from .state import State
 

@@ -15,7 +15,7 @@ DTYPES = ("float32", "float64")
 #: Max abs error of any backend against the float64 reference (SPEC section 3).
 TOLERANCE = {"float64": 1e-10, "float32": 2e-5}
 
-#: History capacity of a fresh state without a window (doubles as needed).
+#: History capacity of a fresh state (doubles as needed; with a window, up to the window).
 DEFAULT_CAPACITY = 64
 
 #: Order in which ``"auto"`` tries backends.

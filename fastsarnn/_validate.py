@@ -27,14 +27,45 @@ def is_device_array(value) -> bool:
             or type(value).__name__ in NUMBA_DEVICE_ARRAY_TYPES)
 
 
-def real_array(name: str, value) -> np.ndarray:
-    """``value`` as an ndarray of integer, unsigned or float dtype, else ``TypeError``."""
+def _is_sequence(value) -> bool:
+    return isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim > 0)
+
+
+def ragged(value) -> str | None:
+    """How a nested sequence fails to be rectangular (``None`` if it does not)."""
+    level, depth = [value], 0
+    while level:
+        seqs = [v for v in level if _is_sequence(v)]
+        if not seqs:
+            return None
+        if len(seqs) != len(level):
+            return f"it mixes numbers and sequences at depth {depth}"
+        lens = sorted({len(v) for v in seqs})
+        if len(lens) > 1:
+            return f"its lengths differ at depth {depth}: {lens}"
+        level, depth = [item for v in seqs for item in v], depth + 1
+    return None
+
+
+def real_array(name: str, value, expected: str | None = None) -> np.ndarray:
+    """``value`` as an ndarray of integer, unsigned or float dtype, else ``TypeError``.
+
+    A ragged nested sequence is a ``ValueError`` that says what ``name`` must be
+    (``expected``, a shape such as ``"(T, 4) or (B, T, 4)"``) and where it is ragged.
+    """
     if is_device_array(value):
         raise TypeError(
             f"{name} is a device array; only backend='cuda' accepts device arrays, "
             "use a NumPy array for CPU backends"
         )
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except ValueError:
+        why = ragged(value)
+        if why is None:
+            raise
+        must = f"have shape {expected}" if expected else "be a rectangular array"
+        raise ValueError(f"{name} must {must}; got a ragged nested sequence ({why})") from None
     kind = arr.dtype.kind
     if kind not in "iuf":
         raise TypeError(

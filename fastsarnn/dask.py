@@ -91,8 +91,11 @@ def forward(model: SelfAttentionRNN, x, *, lengths=None, backend=None,
         x = x.rechunk({1: -1, 2: -1})
     H = model.hidden_size
     dt = model.dtype
+    # The model's key names everything that changes its results (weights, score,
+    # recurrence, window, dtype: SelfAttentionRNN.__dask_tokenize__), and each block's key
+    # is derived from its real inputs (x block, lengths, model key, backend, attention).
     model_key = dask.delayed(model, pure=True,
-                             name=f"fastsarnn-model-{dask.base.tokenize(model.params)}")
+                             name=f"fastsarnn-model-{dask.base.tokenize(model)}")
     blocks = x.to_delayed().ravel()
     outs = {k: [] for k in Output._fields}
     start = 0

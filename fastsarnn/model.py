@@ -111,6 +111,79 @@ def _required_params(score: str, recurrence: str) -> tuple:
     return tuple(names)
 
 
+_CONFIG_KEYS = ("format", "score", "window", "dtype", "recurrence")
+
+
+def _not_a_model_file(path, found: str) -> ValueError:
+    return ValueError(f"{str(path)!r} is not a model: expected a fastsarnn model file written "
+                      f"by SelfAttentionRNN.save (an .npz archive of a __config__ JSON entry "
+                      f"and the parameter arrays); found {found}")
+
+
+def _file_start(path) -> str:
+    """What the first bytes of ``path`` look like, for error messages."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except (OSError, TypeError):
+        return "a file NumPy cannot read as .npz or .npy"
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK"):
+        return "a damaged zip archive"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(ch.isprintable() or ch in "\t\r\n" for ch in text):
+        return f"a text file beginning {text!r}"
+    return f"a binary file beginning {head[:12]!r}"
+
+
+def _read_model_file(path):
+    """(config dict, parameter arrays) of a file written by ``save``; ``ValueError`` saying
+    what was found otherwise. Nothing is unpickled (``allow_pickle=False``)."""
+    import zipfile
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile):
+        raise _not_a_model_file(path, _file_start(path)) from None
+    if isinstance(data, np.ndarray):
+        raise _not_a_model_file(path, f"a single NumPy array (.npy) of shape "
+                                f"{_validate.shape_str(data.shape)}, dtype {data.dtype}")
+    with data:
+        if "__config__" not in data.files:
+            raise _not_a_model_file(path, f"an .npz archive without a __config__ entry "
+                                    f"(entries: {sorted(data.files)})")
+        entries = {}
+        for name in data.files:
+            try:
+                entries[name] = data[name]
+            except ValueError:     # object arrays: refusing to unpickle them
+                raise _not_a_model_file(path, f"entry {name!r} holds pickled Python "
+                                        "objects (not loaded)") from None
+            except (EOFError, OSError, zipfile.BadZipFile):
+                raise _not_a_model_file(path, "a damaged zip archive") from None
+    raw = entries.pop("__config__")
+    try:
+        config = json.loads(str(raw[()])) if raw.dtype.kind == "U" and raw.ndim == 0 else None
+    except json.JSONDecodeError:
+        config = None
+    if not isinstance(config, dict):
+        raise _not_a_model_file(path, "a __config__ entry that is not JSON of the model's "
+                                f"configuration (a {raw.dtype} array of shape "
+                                f"{_validate.shape_str(raw.shape)})")
+    missing = sorted(set(_CONFIG_KEYS) - set(config))
+    if missing:
+        raise _not_a_model_file(path, f"__config__ lacks {missing}")
+    if config["format"] != _FORMAT_VERSION:
+        raise _not_a_model_file(path, f"file format {config['format']!r} (this fastsarnn "
+                                f"reads format {_FORMAT_VERSION}; a newer version wrote it?)")
+    return config, entries
+
+
 def _rebuild(params, score, window, dtype):
     return SelfAttentionRNN(**params, score=score, window=window, dtype=dtype)
 
@@ -191,6 +264,10 @@ class SelfAttentionRNN:
         self._dtype = dt
         self._D, self._H, self._Ha = D, H, Ha
         self._kernel = KernelParams(params, score, recurrence, window, dt)
+        #: The same model without a window, for states whose history is still shorter
+        #: than the window (see _kernel_for).
+        self._kernel_unwrapped = (None if window is None else
+                                  KernelParams(params, score, recurrence, None, dt))
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -255,15 +332,19 @@ class SelfAttentionRNN:
 
     @classmethod
     def load(cls, path) -> "SelfAttentionRNN":
-        """Read a model written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as data:
-            if "__config__" not in data.files:
-                raise ValueError(f"{path!r} is not a fastsarnn model file (no __config__ entry)")
-            config = json.loads(str(data["__config__"]))
-            arrays = {name: data[name] for name in data.files if name != "__config__"}
+        """Read a model written by :meth:`save`.
+
+        Raises ``ValueError`` saying what was found when ``path`` is not such a file
+        (never unpickles anything); ``FileNotFoundError`` when it does not exist.
+        """
+        config, arrays = _read_model_file(path)
         unknown = set(arrays) - set(PARAM_NAMES)
         if unknown:
-            raise ValueError(f"unknown parameters in {path!r}: {sorted(unknown)}")
+            raise ValueError(f"unknown parameters in {str(path)!r}: {sorted(unknown)}")
+        if (config["recurrence"] == "hc") != ("W_h" in arrays):
+            raise _not_a_model_file(path, f"__config__ says recurrence="
+                                    f"{config['recurrence']!r} but the parameters are "
+                                    f"{sorted(arrays)}")
         return cls(**arrays, score=config["score"], window=config["window"],
                    dtype=config["dtype"])
 
@@ -271,6 +352,11 @@ class SelfAttentionRNN:
         # Pickle the weights and configuration only (not the backends' prepared pointers):
         # what Dask sends to its workers, once.
         return (_rebuild, (self._params, self._score, self._window, self._dtype.name))
+
+    def __dask_tokenize__(self):
+        # Dask's name for the model: every input that changes its results, weights by value.
+        return ("fastsarnn.SelfAttentionRNN", self._score, self._recurrence, self._window,
+                self._dtype.name, sorted(self._params.items()))
 
     # -- properties ----------------------------------------------------------------------
     input_size = property(lambda self: self._D, doc="D, the input size.")
@@ -295,14 +381,29 @@ class SelfAttentionRNN:
     def init_state(self, batch_size=1, *, capacity=None) -> State:
         """A fresh streaming state for ``batch_size`` streams.
 
-        ``capacity`` is the initial history length without a window (it doubles as needed);
-        with a window the history is a ring buffer of exactly ``window`` entries.
+        ``capacity`` (default 64) is the initial history length; it doubles as the streams
+        grow. With a window it starts at ``min(capacity, window)`` and stops at ``window``
+        (a ring buffer from then on): a window longer than the stream costs only what the
+        stream needs.
         """
         B = _validate.integer("batch_size", batch_size, minimum=0)
         cap = _validate.integer("capacity", capacity, minimum=1, allow_none=True)
         if cap is None:
             cap = _config.DEFAULT_CAPACITY
         return State(self, B, self._H, self._Ha, self._window, self._dtype, cap)
+
+    def _kernel_for(self, state: State) -> KernelParams:
+        """What the kernels run for ``state`` (whose capacity already fits the call).
+
+        A windowed state whose history has not grown to ``window`` slots holds positions
+        ``p < capacity < window``: none has wrapped (slot ``p % window == p``) and every step
+        attends all positions so far (``p - window + 1 <= 0``), exactly as without a window.
+        The kernels then run the unwindowed model on the growing buffer; they see either
+        ``capacity == window`` or no window, never a partial ring.
+        """
+        if self._kernel_unwrapped is None or state.capacity == self._window:
+            return self._kernel
+        return self._kernel_unwrapped
 
     def _check_state(self, state, batch: int) -> State:
         if not isinstance(state, State):
@@ -323,7 +424,10 @@ class SelfAttentionRNN:
         Parameters
         ----------
         x : array_like
-            Inputs; integer and float arrays are cast to the model dtype.
+            Inputs; integer and float arrays are cast silently to the model dtype, as
+            ``np.asarray(x, dtype=model.dtype)`` does (float64 ``x`` on a float32 model is
+            rounded to float32, without a warning; values beyond float32's range become inf
+            and are reported by ``check_finite``).
         lengths : int or array of int, optional
             Valid steps per sequence (an int for 2-D ``x``); later steps give zeros.
         state : State, optional
@@ -354,7 +458,7 @@ class SelfAttentionRNN:
                 raise TypeError(f"device input x must already have the model dtype "
                                 f"{self._dtype.name}; got {x.dtype}")
         else:
-            x = _validate.real_array("x", x)
+            x = _validate.real_array("x", x, f"(T, {self._D}) or (B, T, {self._D})")
         if x.ndim not in (2, 3):
             raise ValueError(f"x must have shape (T, {self._D}) or (B, T, {self._D}); got "
                              f"shape {_validate.shape_str(x.shape)}")
@@ -399,11 +503,15 @@ class SelfAttentionRNN:
         attn = None if mode is None else zeros(
             (B, T, self._window if mode == "window" else t0 + T), dtype=self._dtype)
         if B and T:
-            if mode == "window":
-                be.forward(self._kernel, xc, lens, st, out_h, out_c, attn, nt,
+            kernel = self._kernel_for(st)
+            # A windowed state still shorter than its window runs the unwindowed kernel
+            # (_kernel_for): nothing is dropped yet, so its dense columns (positions
+            # 0 .. t0+T-1 < window) are already the compact layout.
+            if mode == "window" and kernel.window is not None:
+                be.forward(kernel, xc, lens, st, out_h, out_c, attn, nt,
                            compact_attention=True)
             else:
-                be.forward(self._kernel, xc, lens, st, out_h, out_c, attn, nt)
+                be.forward(kernel, xc, lens, st, out_h, out_c, attn, nt)
             if not device:
                 st._host_changed()
         h_last, c_last = st.h.copy(), st.c.copy()
@@ -425,7 +533,8 @@ class SelfAttentionRNN:
         Parameters
         ----------
         x_t : array_like
-            ``(B, D)``, or ``(D,)`` for a state of batch size 1.
+            ``(B, D)``, or ``(D,)`` for a state of batch size 1; cast silently to the model
+            dtype, as in :meth:`forward`.
         state : State
             The streams' state (advanced in place).
         active : array of bool, optional
@@ -437,13 +546,13 @@ class SelfAttentionRNN:
             ``(B, H)`` (or ``(H,)``).
         """
         be = _registry.resolve(backend)
-        x = _validate.real_array("x_t", x_t)
         if not isinstance(state, State):
             raise TypeError(f"state must be a fastsarnn State; got {type(state).__name__}")
         B = state.batch_size
+        exp = f"({B}, {self._D})" + (f" or ({self._D},)" if B == 1 else "")
+        x = _validate.real_array("x_t", x_t, exp)
         one_d = x.ndim == 1
         if x.shape != ((self._D,) if one_d else (B, self._D)):
-            exp = f"({B}, {self._D})" + (f" or ({self._D},)" if B == 1 else "")
             raise ValueError(f"x_t must have shape {exp} (state batch size {B}, input size "
                              f"D = {self._D}); got shape {_validate.shape_str(x.shape)}")
         x2 = x[None] if one_d else x
@@ -468,14 +577,14 @@ class SelfAttentionRNN:
         device = getattr(be, "DEVICE", False)
         if not device:
             state._sync_host()
-        if B and self._window is None:
+        if B:
             need = (int(state.positions[0]) if B == 1 else int(state.positions.max())) + 1
             if need > state.capacity:
                 state._ensure_capacity(need)
         out_h = np.zeros((B, self._H), dtype=self._dtype)
         out_c = np.zeros((B, self._H), dtype=self._dtype)
         if B:
-            be.step(self._kernel, xc, act, state, out_h, out_c, None)
+            be.step(self._kernel_for(state), xc, act, state, out_h, out_c, None)
             if not device:
                 state._host_changed()
         if one_d:

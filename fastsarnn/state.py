@@ -13,14 +13,18 @@ class State:
     Buffers (NumPy, the same layout for every backend): ``hist (B, cap, H)``,
     ``keys (B, cap, Ha)`` (``kq``/``additive`` only, else ``None``), ``h (B, H)``,
     ``c (B, H)``, ``positions (B,)``. Position ``p`` (0-based) lives in slot
-    ``p % window`` with a window (``cap == window``, a ring buffer), else in slot ``p``
-    (``cap`` doubles as the stream grows).
+    ``p % window`` with a window, else in slot ``p``. ``cap`` doubles as the stream grows;
+    with a window it stops at ``window`` (a ring buffer from then on), so a window longer
+    than the stream costs only what the stream needs. While ``cap < window`` no position
+    has wrapped (``positions <= cap < window``, so ``p % window == p``).
     """
 
     def __init__(self, owner, batch_size, hidden_size, attention_size, window, dtype, capacity):
         self._owner = owner
         self._window = window
-        cap = window if window is not None else max(int(capacity), 1)
+        cap = max(int(capacity), 1)
+        if window is not None:
+            cap = min(cap, window)
         self.hist = np.zeros((batch_size, cap, hidden_size), dtype=dtype)
         self.keys = (
             np.zeros((batch_size, cap, attention_size), dtype=dtype) if attention_size else None
@@ -52,24 +56,31 @@ class State:
         return int(self.positions.max()) if self.positions.size else 0
 
     def reset(self, rows=None) -> None:
-        """Start over, for all rows or only ``rows`` (indices or a boolean mask)."""
-        self._sync_host()
+        """Start over, for all rows or only ``rows``: row indices in ``[0, batch_size)``
+        (an int or a 1-D sequence; negative indices are rejected, not counted from the
+        end) or a boolean mask of shape ``(batch_size,)``. A rejected call changes nothing."""
+        B = self.batch_size
+        rule = f"rows must be row indices in [0, {B}) or a boolean mask of shape ({B},)"
         if rows is None:
             sel = slice(None)
         else:
             arr = np.asarray(rows)
+            if arr.size == 0 and arr.ndim == 1:
+                return                                    # no rows: nothing to reset
             if arr.dtype.kind == "b":
-                _validate.expect_shape("rows (boolean mask)", arr, (self.batch_size,))
+                _validate.expect_shape("rows (boolean mask)", arr, (B,))
             elif arr.dtype.kind in "iu":
                 if arr.ndim > 1:
-                    raise ValueError(f"rows must be 1-D; got shape {arr.shape}")
-                if arr.size and (arr.min() < -self.batch_size or arr.max() >= self.batch_size):
-                    raise ValueError(
-                        f"rows must be in [0, {self.batch_size}); got {arr.tolist()}"
-                    )
+                    raise ValueError(f"{rule}; got a {arr.ndim}-D array of shape "
+                                     f"{_validate.shape_str(arr.shape)} (indices must be 1-D)")
+                bad = arr[(arr < 0) | (arr >= B)]
+                if bad.size:
+                    raise ValueError(f"{rule}; got {arr.tolist()} ({bad.ravel()[0]} is outside)")
             else:
-                raise TypeError(f"rows must be integer indices or a boolean mask; got {arr.dtype}")
+                raise TypeError(f"rows must be integer indices or a boolean mask; got dtype "
+                                f"{arr.dtype}")
             sel = arr
+        self._sync_host()
         self.positions[sel] = 0
         self.h[sel] = 0
         self.c[sel] = 0
@@ -99,13 +110,20 @@ class State:
 
     # -- used by the model ---------------------------------------------------------------
     def _ensure_capacity(self, needed: int) -> None:
-        """Grow (amortised doubling) so that positions < ``needed`` fit; no-op with a window."""
-        if self._window is not None or needed <= self.capacity:
+        """Grow (amortised doubling) so that positions < ``needed`` fit, or, with a window,
+        up to ``window`` entries (a full ring buffer holds every attended position).
+
+        Below ``window`` no position has wrapped yet (slot ``p % window == p``), so copying
+        the old slots to the same indices keeps every position where the layout puts it.
+        """
+        if needed <= self.capacity or self.capacity == self._window:
             return
         self._sync_host()
         cap = self.capacity
         while cap < needed:
             cap *= 2
+        if self._window is not None:
+            cap = min(cap, self._window)
         for name in ("hist", "keys"):
             old = getattr(self, name)
             if old is None:

@@ -180,12 +180,17 @@ def test_state_copy_is_independent_and_t_tracks_positions():
     m.forward(make_x(2, 4, 5), state=st, lengths=np.array([4, 2]), backend="numpy")
     assert st.positions.tolist() == [4, 2] and st.t == 4
     cp = st.copy()
-    m.forward(make_x(2, 1, 5), state=st, backend="numpy")
-    assert cp.positions.tolist() == [4, 2] and st.positions.tolist() == [5, 3]
-    # the copy continues exactly as the original would have
-    a = m.forward(make_x(2, 1, 5), state=cp, backend="numpy").h
-    b = m.forward(make_x(2, 1, 5), state=st.copy(), backend="numpy").h
-    assert not np.array_equal(a, b)
+    x_next = make_x(2, 2, 5, seed=3)
+    orig = m.forward(x_next, state=st, backend="numpy")
+    assert cp.positions.tolist() == [4, 2] and st.positions.tolist() == [6, 4]
+    # the copy continues exactly as the original did (outputs and state), and advancing it
+    # leaves the original alone
+    after = {k: getattr(st, k).copy() for k in ("hist", "h", "c", "positions")}
+    again = m.forward(x_next, state=cp, backend="numpy")
+    for a, b in zip(again, orig):
+        assert np.array_equal(a, b)
+    for k, v in after.items():
+        assert np.array_equal(getattr(cp, k), v) and np.array_equal(getattr(st, k), v), k
     st.reset()
     assert st.t == 0 and not st.h.any() and not st.hist.any()
     with pytest.raises(ValueError, match="another model"):
@@ -212,10 +217,90 @@ def test_imported_package_is_the_installed_one():
     dist = importlib.metadata.distribution("fastsarnn")
     assert dist.version == fs.__version__
     files = {str(f) for f in dist.files or ()}
-    if os.environ.get("CI"):
-        installed = os.path.realpath(dist.locate_file("fastsarnn/__init__.py"))
-        assert "fastsarnn/__init__.py" in files
-        assert os.path.realpath(fs.__file__) == installed
-        src_pkg = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir,
-                                                "fastsarnn", "__init__.py"))
-        assert os.path.realpath(fs.__file__) != src_pkg
+    how = ("install the package (pip install \".[test]\", not editable) and run the pytest "
+           "script from the repository root, not python -m pytest")
+    assert "fastsarnn/__init__.py" in files, f"fastsarnn is not installed as files; {how}"
+    installed = os.path.realpath(dist.locate_file("fastsarnn/__init__.py"))
+    assert os.path.realpath(fs.__file__) == installed, (
+        f"imported {fs.__file__}, installed {installed}; {how}")
+    src_pkg = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir,
+                                            "fastsarnn", "__init__.py"))
+    assert os.path.realpath(fs.__file__) != src_pkg, how
+
+
+# -- a window longer than the stream costs what the stream needs ------------------------------
+def test_huge_window_costs_what_the_sequence_needs(backend):
+    """window=10**12 on 3 steps: no terabyte ring buffer; the same numbers as no window
+    (every position is attended either way)."""
+    mw = make_model(window=10**12, dtype="float64")
+    m = make_model(dtype="float64")
+    x = make_x(2, 3, 5)
+    got = mw.forward(x, return_attention=True, backend=backend)
+    want = m.forward(x, return_attention=True, backend=backend)
+    for a, b in zip(got, want):
+        assert max_err(a, b) == 0.0
+    st = mw.init_state(2)
+    assert st.capacity == fs._config.DEFAULT_CAPACITY
+    for t in range(3):
+        mw.step(x[:, t], st, backend=backend)
+    assert max_err(st.h, want.h_last) == 0.0 and max_err(st.c, want.c_last) == 0.0
+
+
+@pytest.mark.parametrize("window", [5, 8, 10**12])
+def test_windowed_history_grows_to_the_window_then_wraps(backend, window):
+    """A windowed state starts at min(capacity, window), doubles as the stream grows, stops
+    at window and becomes a ring buffer; position p lives in slot p % window throughout."""
+    m = make_model(score="kq", recurrence="hc", window=window, Ha=3, dtype="float64")
+    T = 21
+    x = make_x(2, T, 5)
+    ref = reference(m, x, return_attention=True)
+    st = m.init_state(2, capacity=2)
+    caps = [st.capacity]
+    t = 0
+    for n in (1, 2, 1, 4, 1, 5, 7):            # steps and chunks, crossing every doubling
+        if n == 1:
+            h, c = m.step(x[:, t], st, backend=backend)
+            assert max_err(h, ref.h[:, t]) <= 1e-12 and max_err(c, ref.c[:, t]) <= 1e-12
+        else:
+            out = m.forward(x[:, t:t + n], state=st, return_attention=True, backend=backend)
+            assert max_err(out.h, ref.h[:, t:t + n]) <= 1e-12
+            assert max_err(out.attention, ref.attention[:, t:t + n, :t + n]) <= 1e-12
+        t += n
+        caps.append(st.capacity)
+        assert st.capacity == min(window, max(2, 1 << (t - 1).bit_length()))
+        hist = st.copy().hist                   # (a device backend syncs the copy)
+        for p in range(max(0, t - window), t):         # every attended position, in its slot
+            assert max_err(hist[:, p % window], ref.h[:, p]) <= 1e-12
+    assert t == T and caps == sorted(caps) and caps[-1] == min(window, 32)
+
+
+def test_init_state_capacity_with_a_window():
+    m = make_model(window=6)
+    assert m.init_state(1).capacity == 6                  # min(DEFAULT_CAPACITY, window)
+    assert m.init_state(1, capacity=4).capacity == 4      # grows up to the window
+    assert m.init_state(1, capacity=100).capacity == 6    # never more than the window
+    assert make_model(window=10**12).init_state(3).hist.shape == (
+        3, fs._config.DEFAULT_CAPACITY, 8)
+
+
+def test_backends_is_one_thing_the_subpackage_that_lists_backends_when_called():
+    """``fastsarnn.backends`` names one object: the subpackage of backend modules, which
+    called as ``fs.backends()`` returns the SPEC's dict."""
+    code = (
+        "import sys\n"
+        "import fastsarnn.backends as b\n"
+        "import fastsarnn as fs\n"
+        "from fastsarnn import backends as c\n"
+        "assert b is sys.modules['fastsarnn.backends'] is fs.backends is c, (b, fs.backends)\n"
+        "info = b()\n"
+        "assert list(info) == ['numpy', 'numba', 'c', 'cuda'], info\n"
+        "assert all(isinstance(v, fs.BackendInfo) for v in info.values())\n"
+        "assert fs.backends() == info\n"
+        "import fastsarnn.backends.numpy_ref\n"
+        "assert fs.backends.numpy_ref is sys.modules['fastsarnn.backends.numpy_ref']\n"
+        "assert fs.backends is sys.modules['fastsarnn.backends']   # still, after a load\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]

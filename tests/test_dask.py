@@ -105,3 +105,52 @@ def test_killed_worker_is_retried_and_result_is_right(client):
     got = fut.result(timeout=300)
     assert victim not in client.scheduler_info()["workers"]   # it really died
     assert max_err(got, want) <= 1e-12
+
+
+def _models_sharing_weights():
+    """Four models with the same weights that differ in score, window or dtype only."""
+    base = make_model(score="dot", D=5, H=8, dtype="float32")
+    W = base.params
+    return {
+        "dot": base,
+        "scaled_dot": fs.SelfAttentionRNN(**W, score="scaled_dot"),
+        "dot window=2": fs.SelfAttentionRNN(**W, score="dot", window=2),
+        "dot float64": fs.SelfAttentionRNN(**W, score="dot", dtype="float64"),
+        "dot hc": fs.SelfAttentionRNN(**W, W_h=np.eye(8, dtype=np.float32) * 0.5),
+    }
+
+
+@pytest.mark.parametrize("scheduler", ["distributed", "sync", "threads"])
+def test_models_sharing_weights_are_not_mixed_up(client, scheduler):
+    """Every input that changes the result is in the model's graph key: models that share
+    their weights, computed in one dask.compute, each give their own local forward."""
+    import dask
+    models = _models_sharing_weights()
+    x = make_x(6, 7, 5)
+    dx = da.from_array(x, chunks=((2, 4), -1, -1))
+    outs = {name: fsd.forward(m, dx, backend="numpy", return_attention=True)
+            for name, m in models.items()}
+    if scheduler == "distributed":
+        got = dask.compute(outs)[0]                  # the client is the default scheduler
+    else:
+        got = dask.compute(outs, scheduler=scheduler)[0]
+    for name, m in models.items():
+        want = m.forward(x, backend="numpy", return_attention=True)
+        for field, a, b in zip(want._fields, got[name], want):
+            assert a.dtype == b.dtype and max_err(a, b) == 0.0, (name, field)
+    keys = {name: fsd.model_keys(o.h)[0] for name, o in outs.items()}
+    assert len(set(keys.values())) == len(models), keys
+
+
+def test_block_keys_follow_the_model_and_the_inputs():
+    """Same model and input: same keys (Dask shares the work); any change: new keys."""
+    m = make_model(D=5, H=8)
+    x = da.from_array(make_x(4, 3, 5), chunks=(2, -1, -1))
+    def keys(out):      # the keys this forward added on top of x's own graph
+        return set(dict(out.h.__dask_graph__())) - set(dict(x.__dask_graph__()))
+    same = fs.SelfAttentionRNN(**m.params, dtype=m.dtype)
+    assert keys(fsd.forward(m, x)) == keys(fsd.forward(same, x))
+    other = fs.SelfAttentionRNN(**m.params, window=3, dtype=m.dtype)
+    assert not keys(fsd.forward(m, x)) & keys(fsd.forward(other, x))
+    lens = np.array([3, 1, 2, 0])
+    assert keys(fsd.forward(m, x)) != keys(fsd.forward(m, x, lengths=lens))

@@ -198,7 +198,7 @@ def test_random_and_state_argument_errors():
     with pytest.raises(ValueError, match=">= 1"):
         m.init_state(1, capacity=0)
     st = m.init_state(2)
-    with pytest.raises(ValueError, match=r"rows must be in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"rows must be row indices in \[0, 2\)"):
         st.reset(rows=[5])
 
 
@@ -242,3 +242,139 @@ def test_output_unpacks_into_five_fields():
     import pickle
     back = pickle.loads(pickle.dumps(out))
     assert np.array_equal(back.attention_positions, out.attention_positions)
+
+
+# -- load: a file that is not a saved model --------------------------------------------------
+def _write(path, kind):
+    if kind == "npz with pickled objects":
+        with open(path, "wb") as f:
+            np.savez(f, __config__=np.array('{"score": "dot"}'), W_x=np.array([{}], object))
+    elif kind == "pickled config":
+        with open(path, "wb") as f:
+            np.savez(f, __config__=np.array([{"score": "dot"}], dtype=object))
+    elif kind == "text file":
+        path.write_text("W_x = [[1, 2]]\n")
+    elif kind == "binary file":
+        path.write_bytes(b"\x00\x01\x02garbage" * 8)
+    elif kind == "empty file":
+        path.write_bytes(b"")
+    elif kind == "npy file":
+        with open(path, "wb") as f:
+            np.save(f, np.zeros((2, 3)))
+    elif kind == "damaged npz":
+        make_model().save(path)
+        path.write_bytes(path.read_bytes()[:200])
+    elif kind == "npz without config":
+        with open(path, "wb") as f:
+            np.savez(f, W_x=np.zeros((2, 3)))
+    elif kind == "config not json":
+        with open(path, "wb") as f:
+            np.savez(f, __config__=np.array("{score: dot"))
+    elif kind == "config missing keys":
+        with open(path, "wb") as f:
+            np.savez(f, __config__=np.array('{"format": 1, "score": "dot"}'))
+    elif kind == "newer format":
+        with open(path, "wb") as f:
+            np.savez(f, __config__=np.array('{"format": 99, "score": "dot", "window": null, '
+                                            '"dtype": "float32", "recurrence": "c"}'))
+
+
+LOAD_CASES = {
+    "npz with pickled objects": r"entry 'W_x' holds pickled Python objects",
+    "pickled config": r"entry '__config__' holds pickled Python objects",
+    "text file": r"found a text file beginning 'W_x = \[\[1, 2\]\]",
+    "binary file": r"found a binary file beginning b'\\x00\\x01\\x02garb",
+    "empty file": "found an empty file",
+    "npy file": r"found a single NumPy array \(\.npy\) of shape \(2, 3\)",
+    "damaged npz": "found a damaged zip archive",
+    "npz without config": r"found an \.npz archive without a __config__ entry \(entries: \['W_x'\]\)",
+    "config not json": "found a __config__ entry that is not JSON",
+    "config missing keys": r"__config__ lacks \['dtype', 'recurrence', 'window'\]",
+    "newer format": "format 99",
+}
+
+
+@pytest.mark.parametrize("kind", list(LOAD_CASES))
+def test_load_says_what_file_was_expected_and_what_was_found(tmp_path, kind):
+    path = tmp_path / "model.npz"
+    _write(path, kind)
+    with pytest.raises(ValueError) as info:
+        fs.SelfAttentionRNN.load(path)
+    msg = str(info.value)
+    assert "expected a fastsarnn model file written by SelfAttentionRNN.save" in msg
+    assert str(path) in msg
+    import re
+    assert re.search(LOAD_CASES[kind], msg), msg
+    assert "allow_pickle" not in msg and "pickled (object) data" not in msg
+
+
+def test_load_of_a_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        fs.SelfAttentionRNN.load(tmp_path / "nothing.npz")
+
+
+# -- ragged nested lists ----------------------------------------------------------------------
+@pytest.mark.parametrize("ragged, depth", [
+    ([[0.0] * D, [0.0] * (D - 1)], 1),
+    ([[[0.0] * D] * 3, [[0.0] * D] * 2], 1),
+    ([[[0.0] * D] * 3, [[0.0] * D, [0.0] * D, [0.0] * (D + 1)]], 2),
+], ids=["2-D", "3-D steps", "3-D inner"])
+def test_ragged_nested_list_says_what_x_must_be(ragged, depth):
+    m = make_model(D=D, H=H)
+    with pytest.raises(ValueError) as info:
+        m.forward(ragged)
+    msg = str(info.value)
+    assert f"x must have shape (T, {D}) or (B, T, {D})" in msg, msg
+    assert f"got a ragged nested sequence (its lengths differ at depth {depth}" in msg, msg
+    assert "inhomogeneous" not in msg
+    st = m.init_state(2)
+    with pytest.raises(ValueError, match=rf"x_t must have shape \(2, {D}\); got a ragged"):
+        m.step([[0.0] * D, [0.0] * (D - 1)], st)
+    assert st.t == 0
+
+
+# -- state.reset(rows): one rule, stated by its message ----------------------------------------
+@pytest.mark.parametrize("rows", [[-1], [0, -2], -1, [2], [0, 5]])
+def test_reset_rows_outside_the_batch_are_rejected_and_change_nothing(primed, rows):
+    _, st = primed
+    snap = snapshot(st)
+    with pytest.raises(ValueError, match=r"rows must be row indices in \[0, 2\) or a boolean "
+                                         r"mask of shape \(2,\); got "):
+        st.reset(rows=rows)
+    assert_same(st, snap)
+
+
+def test_reset_rows_accepts_indices_a_mask_or_nothing(primed):
+    model, st = primed
+    st.reset(rows=[])                                   # no rows: nothing changes
+    assert st.positions.tolist() == [3, 3]
+    st.reset(rows=np.array([False, True]))
+    assert st.positions.tolist() == [3, 0] and not st.h[1].any() and st.h[0].any()
+    model.forward(make_x(2, 1, D), state=st, backend="numpy")
+    st.reset(rows=1)
+    assert st.positions.tolist() == [4, 0]
+    st.reset(rows=np.array([0], dtype=np.uint8))
+    assert st.positions.tolist() == [0, 0] and not st.hist.any()
+    with pytest.raises(TypeError, match="integer indices or a boolean mask"):
+        st.reset(rows=[0.0])
+    with pytest.raises(ValueError, match=r"rows \(boolean mask\) must have shape \(2,\)"):
+        st.reset(rows=[True, False, True])
+    with pytest.raises(ValueError, match="1-D"):
+        st.reset(rows=[[0]])
+
+
+def test_float64_input_to_a_float32_model_is_cast_silently_as_documented(backend):
+    """Documented (forward/step docstrings, README): cast like np.asarray(x, dtype), no
+    warning, the same result as casting first."""
+    import warnings
+    m = make_model(D=D, H=H, dtype="float32")
+    x = make_x(2, 3, D) * (1 + 1e-12)                    # not representable in float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = m.forward(x, backend=backend)
+        h, _ = m.step(x[:, 0], m.init_state(2), backend=backend)
+    want = m.forward(np.asarray(x, dtype=np.float32), backend=backend)
+    assert got.h.dtype == np.float32 and np.array_equal(got.h, want.h)
+    assert np.array_equal(h, want.h[:, 0])
+    assert "cast silently" in fs.SelfAttentionRNN.forward.__doc__
+    assert "cast silently" in fs.SelfAttentionRNN.step.__doc__

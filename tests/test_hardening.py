@@ -180,3 +180,23 @@ def test_fuzz_public_api_in_a_subprocess(backend, tmp_path):
                          env=env)
     assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     assert f"{iterations} calls" in res.stdout
+    checked = int(res.stdout.split(" answers checked")[0].rsplit("(", 1)[1])
+    assert checked >= iterations // 10, res.stdout          # the answer check really ran
+
+
+def test_fuzz_answer_check_fails_on_nan_or_beyond_the_contract_tolerance():
+    """The fuzz's right-answer check uses the contract's tolerance (_config.TOLERANCE) against
+    the float64 reference and rejects NaN or inf where the reference is finite."""
+    import fuzz_api
+    from fastsarnn import _config
+    want = np.linspace(-1, 1, 12).reshape(3, 4)
+    for dtype in ("float32", "float64"):
+        tol = _config.TOLERANCE[dtype]
+        assert fuzz_api.close(want.astype(dtype), want, dtype)
+        assert fuzz_api.close(want + 0.5 * tol, want, dtype)
+        assert not fuzz_api.close(want + 3 * tol, want, dtype)
+        for bad in (np.nan, np.inf):
+            got = want.copy()
+            got[1, 2] = bad                       # partly non-finite output
+            assert not fuzz_api.close(got.astype(dtype), want, dtype)
+        assert not fuzz_api.close(np.full_like(want, np.nan), want, dtype)
