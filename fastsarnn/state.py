@@ -124,12 +124,13 @@ class State:
             cap *= 2
         if self._window is not None:
             cap = min(cap, self._window)
-        for name in ("hist", "keys"):
+        grown = {}
+        for name in ("hist", "keys"):   # allocate both before replacing either
             old = getattr(self, name)
-            if old is None:
-                continue
-            new = np.zeros((old.shape[0], cap, old.shape[2]), dtype=old.dtype)
-            new[:, : old.shape[1]] = old
+            if old is not None:
+                grown[name] = np.zeros((old.shape[0], cap, old.shape[2]), dtype=old.dtype)
+                grown[name][:, : old.shape[1]] = old
+        for name, new in grown.items():
             setattr(self, name, new)
         self._host_changed()
 
