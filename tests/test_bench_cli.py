@@ -145,6 +145,12 @@ def test_remaining_time_is_estimated_from_measured_rates():
     fs_, fm = bench.useful_flops(s), bench.useful_flops(m)
     want = 3 * (0.001 + 0.1) * fm / fs_ + 0.01 * fm / fs_ + 2 * suite.SETTLE_S
     assert est.remaining_s() == pytest.approx(want)
+    # a runner part-way through a configuration is priced at its own runs there, even when
+    # they are far slower than its earlier rate suggested (a machine that got busy)
+    est.reference_done("M", 0.01)
+    est.ran("M", "c", 0.001 * fm / fs_)
+    est.ran("M", "numpy", 50.0)
+    assert est.remaining_s() == pytest.approx(2 * 0.001 * fm / fs_ + 2 * 50.0)
 
 
 def test_xl_runs_by_default_only_with_a_gpu_runner():
@@ -288,3 +294,17 @@ def test_set_backend_cuda_without_a_gpu():
     with pytest.raises(fs.BackendUnavailableError, match="cuda"):
         fs.set_backend("cuda")
     assert fs.get_backend() != "cuda"
+
+
+def test_a_busy_machine_is_flagged_in_output_and_json(tmp_path, capsys, monkeypatch):
+    from fastsarnn import _sysinfo
+    monkeypatch.setattr(_sysinfo, "load_per_core", lambda: 3.0)
+    args, p = _args(tmp_path, json=str(tmp_path / "b.json"), config=["S"])
+    assert suite.run_cli(args, p) == 0
+    out = capsys.readouterr().out
+    assert "busy before the benchmark started" in out and "UNRELIABLE" in out
+    assert "note: busy" in out
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["reliable"] is False and data["load_per_core_before"] == 3.0
+    assert any("busy" in w for w in data["warnings"])
+    assert any("S" in w and "runnable threads" in w for w in data["warnings"])

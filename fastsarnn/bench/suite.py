@@ -231,9 +231,10 @@ def _kind(who):
 class Estimate:
     """Remaining time of the suite, from the runs measured so far.
 
-    Each runner's cost is kept as seconds per useful FLOP, separately for whole sequences
-    and per-token stepping; unmeasured work is priced at the rate its runner showed on an
-    earlier configuration (or, failing that, the mean rate of the measured runners).
+    A runner part-way through a configuration is priced at the median of its own runs there;
+    unmeasured work at the seconds per useful FLOP its runner showed on its latest
+    configuration of the same kind (whole sequences or per-token stepping; failing that,
+    the other kind, or the mean rate of the measured runners).
     """
 
     def __init__(self, plan, repeat):
@@ -242,22 +243,22 @@ class Estimate:
         self.step = {cfg.name: cfg.step for cfg, _ in plan}
         self.left = {(cfg.name, who): repeat + 1 for cfg, names in plan for who in names}
         self.ref_left = {cfg.name for cfg, _ in plan}
+        self.times = {}
         self.rate = {}
         self.ref_rate = None
 
     def ran(self, cfg_name, who, seconds):
         self.left[(cfg_name, who)] -= 1
-        r = seconds / self.flops[cfg_name]
-        key = (who, self.step[cfg_name])
-        self.rate[key] = min(self.rate.get(key, r), r)
+        times = self.times.setdefault((cfg_name, who), [])
+        times.append(seconds)
+        self.rate[(who, self.step[cfg_name])] = min(times) / self.flops[cfg_name]
 
     def skipped(self, cfg_name, who):
         self.left[(cfg_name, who)] = 0
 
     def reference_done(self, cfg_name, seconds):
         self.ref_left.discard(cfg_name)
-        r = seconds / self.flops[cfg_name]
-        self.ref_rate = r if self.ref_rate is None else min(self.ref_rate, r)
+        self.ref_rate = seconds / self.flops[cfg_name]
 
     def _rate(self, who, step):
         for key in ((who, step), (who, not step)):
@@ -272,10 +273,14 @@ class Estimate:
         for (cfg_name, who), n in self.left.items():
             if n <= 0:
                 continue
+            own = self.times.get((cfg_name, who))
+            if own:
+                total += n * statistics.median(own)
+                continue
             r = self._rate(who, self.step[cfg_name])
             if r is None:
                 return None
-            total += n * r * self.flops[cfg_name] + (SETTLE_S if n > self.repeat else 0)
+            total += n * r * self.flops[cfg_name] + SETTLE_S
         for cfg_name in self.ref_left:
             if self.ref_rate is None:
                 return None
@@ -605,6 +610,11 @@ def run_cli(args, parser) -> int:
     if unreliable:
         warnings.append(f"noisy figures (median/min > {_config.BENCH_NOISY_SPREAD}): "
                         + ", ".join(unreliable))
+    busy = sorted({r["config"] for r in timed if r["load_per_core"] is not None
+                   and r["load_per_core"] > _config.BENCH_BUSY_LOAD_PER_CORE + 1})
+    if busy:
+        warnings.append("more runnable threads than cores while these configurations ran: "
+                        + ", ".join(busy))
     if any(r["pct_sgemm_capped"] for r in timed):
         warnings.append("some %SGEMM figures were capped at 100: the SGEMM baseline was "
                         "disturbed")
