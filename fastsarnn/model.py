@@ -380,8 +380,8 @@ class SelfAttentionRNN:
             exp = f"({B}, {self._D})" + (f" or ({self._D},)" if B == 1 else "")
             raise ValueError(f"x_t must have shape {exp} (state batch size {B}, input size "
                              f"D = {self._D}); got shape {_validate.shape_str(x.shape)}")
-        if state._owner is not self:
-            self._check_state(state, B)
+        if state._owner is not self or (one_d and B != 1):
+            self._check_state(state, 1 if one_d else B)   # raises: other model, batch size
         if num_threads is not None:
             num_threads = _validate.num_threads(num_threads)
         cache = state._cache
