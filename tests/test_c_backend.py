@@ -341,7 +341,7 @@ def _needs_hooks(c_ext):
                     "build has them); csrc/tests/driver.c covers them in every run")
 
 
-@pytest.mark.parametrize("B,nt", [(3, 2), (1, 1), (1, 2)])
+@pytest.mark.parametrize("B,nt", [(3, 2), (3, 1), (1, 1), (1, 2)])
 def test_out_of_memory_changes_no_state(c_ext, B, nt):
     """An allocation failure (injected) fails the call before any row or output is touched:
     batch over threads, serial, and a split single stream."""
@@ -354,13 +354,23 @@ def test_out_of_memory_changes_no_state(c_ext, B, nt):
     c_ext.set_split_guard(chunk_min=1)
     try:
         before = [a.copy() for a in (st.hist, st.h, st.c, st.positions)]
-        c_ext.lib.sarnn_test_fail_alloc(1)
-        with pytest.raises(ValueError, match="out of memory"):
-            model.forward(x, state=st, backend="c", num_threads=nt, return_attention=True)
-        with pytest.raises(ValueError, match="out of memory"):
-            c_ext.lib.sarnn_test_fail_alloc(1)
-            model.step(x[:, 0], st, backend="c", num_threads=nt)
-        c_ext.lib.sarnn_test_fail_alloc(0)
+        for call in ("forward", "step"):
+            failed = []
+            for n in range(1, 4):    # the first, second, third allocation of the call fails
+                work = st.copy()
+                c_ext.lib.sarnn_test_fail_alloc(n)
+                try:
+                    if call == "forward":
+                        model.forward(x, state=work, backend="c", num_threads=nt)
+                    else:
+                        model.step(x[:, 0], work, backend="c", num_threads=nt)
+                except ValueError as exc:
+                    assert "out of memory" in str(exc)
+                    failed.append(n)
+                    for a, b in zip((work.hist, work.h, work.c, work.positions), before):
+                        assert np.array_equal(a, b), (call, n)
+                c_ext.lib.sarnn_test_fail_alloc(0)
+            assert failed and failed[0] == 1, (call, failed)
         for a, b in zip((st.hist, st.h, st.c, st.positions), before):
             assert np.array_equal(a, b)
         got = model.forward(x, state=st, backend="c", num_threads=nt)

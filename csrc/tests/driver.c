@@ -112,8 +112,11 @@ static int run_case(int score, int recurrence, int64_t window, int dtype)
     if (!sarnn_forward(NULL, &s, x, B, T, lengths, out_h, out_c, NULL, 0, 0, 1)) failures++;
     if (!keyed(score)) {   /* Ha must be 0 for scores without keys: Ha > H writes nowhere */
         sarnn_model big = m;
+        int64_t zero_pos[2] = {0, 0};
+        sarnn_state fresh = s;   /* a call that only Ha can make invalid */
+        fresh.positions = zero_pos;
         big.Ha = H + 100;
-        CHECK(sarnn_forward(&big, &s, x, B, T, lengths, out_h, out_c, attn, T, 0, 2) != 0,
+        CHECK(sarnn_forward(&big, &fresh, x, B, T, lengths, out_h, out_c, attn, T, 0, 2) != 0,
               "score %d with Ha = %ld accepted", score, (long)big.Ha);
         CHECK(sarnn_step(&big, &s, x1, B, active, sh, sc, 1) != 0, "step with Ha > 0");
     }
