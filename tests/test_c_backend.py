@@ -414,12 +414,12 @@ def _busy(n):
 
 def test_split_choice_is_validated_and_forces_the_split(c_ext):
     model = make_model(D=4, H=16)
-    x = make_x(1, 40, 4)
+    x = make_x(1, 39, 4)       # steps 7..38 have >= 2 chunks of 4 positions: 32 eligible
     old = c_ext.set_split_min(1)
     try:
         with pytest.raises(ValueError, match="unknown split choice"):
             c_ext.set_split_choice("sometimes")
-        for choice, expect in [("always", 40 - 7), ("never", 0)]:
+        for choice, expect in [("always", 32), ("never", 0)]:
             c_ext.set_split_guard(chunk_min=4)
             c_ext.set_split_choice(choice)
             model.forward(x, backend="c", num_threads=2)
@@ -427,7 +427,9 @@ def test_split_choice_is_validated_and_forces_the_split(c_ext):
         c_ext.set_split_choice("measure")           # measured: split probed first
         c_ext.set_split_guard(chunk_min=4)
         model.forward(x, backend="c", num_threads=2)
-        assert c_ext.last_call_stats()["steps_split"] == 16   # the first probe window
+        stats = c_ext.last_call_stats()
+        assert stats["steps_split"] == 16      # a probe of split, then one of serial
+        assert stats["fallback_step"] == -1    # probes are not fallbacks
     finally:
         c_ext.set_split_choice("measure")
         c_ext.set_split_min(old)
