@@ -1,8 +1,9 @@
 /* sarnn_kernel.h: the per-sequence kernel, instantiated by sarnn.c once per dtype.
  *
  * The includer defines REAL (float or double), SFX(name) (name##_f32 / name##_f64) and
- * EXP, TANH, SQRT for REAL. Every helper is always_inline so that each ISA wrapper in
- * sarnn.c compiles the whole kernel for its own target (AVX2+FMA or baseline x86-64).
+ * EXP, TANH, SQRT for REAL. Every helper is always_inline so that each ISA wrapper
+ * (sarnn_phases.h) compiles the whole kernel for its own target (AVX-512, AVX2+FMA or
+ * baseline x86-64).
  *
  * Fast-math is on (compile flags only): no helper relies on inf or NaN. The running max of
  * the online softmax starts from the first score, never from -inf.
@@ -81,7 +82,7 @@ INLINE void SFX(project)(REAL *restrict out, const REAL *restrict W_x, const REA
  * Scores come from krows (kdim wide: states, or cached keys), values from vals (H wide).
  * Each row is read once from memory: its block is scored, then summed while still in L1.
  * Raw scores go to e_out[i] when e_out is not NULL (for the attention output). */
-INLINE void SFX(attend_run)(int score, const REAL *restrict krows, int64_t kdim,
+INLINE void SFX(attend_run)(enum sarnn_score score, const REAL *restrict krows, int64_t kdim,
                             const REAL *restrict vals, int64_t H, int64_t n,
                             const REAL *restrict q, const REAL *restrict v,
                             REAL *restrict acc, REAL *m_io, REAL *l_io, int *started,
@@ -93,7 +94,7 @@ INLINE void SFX(attend_run)(int score, const REAL *restrict krows, int64_t kdim,
         const REAL *kb = krows + i0 * kdim;
         const REAL *vb = vals + i0 * H;
         REAL e[SARNN_BLOCK], p[SARNN_BLOCK];
-        if (score == 4) {            /* additive: e_i = v . tanh(k_i + q) */
+        if (score == SARNN_SCORE_ADDITIVE) {   /* additive: e_i = v . tanh(k_i + q) */
             for (int64_t i = 0; i < nb; i++) {
                 const REAL *k_i = kb + i * kdim;
                 REAL s = 0;
@@ -165,11 +166,11 @@ INLINE const REAL *SFX(step_update)(const sarnn_model *mdl, REAL *hist, REAL *ke
                                     REAL *hs, const REAL *cs, int64_t p, REAL *h_t, REAL *q)
 {
     const int64_t H = mdl->H, Ha = mdl->Ha, W = mdl->window;
-    const int score = mdl->score;
-    const int keyed = score >= 3;
+    const enum sarnn_score score = (enum sarnn_score)mdl->score;
+    const int keyed = score_is_keyed(score);
     const int64_t kdim = keyed ? Ha : H;
     SFX(gemv_acc)(h_t, (const REAL *)mdl->W_c, cs, H, H);
-    if (mdl->recurrence == 1)
+    if (mdl->recurrence == SARNN_RECURRENCE_HC)
         SFX(gemv_acc)(h_t, (const REAL *)mdl->W_h, hs, H, H);
     for (int64_t j = 0; j < H; j++)
         h_t[j] = TANH(h_t[j]);
@@ -185,9 +186,9 @@ INLINE const REAL *SFX(step_update)(const sarnn_model *mdl, REAL *hist, REAL *ke
             kslot[a] = 0;
         SFX(gemv_acc)(kslot, (const REAL *)mdl->W_k, h_t, Ha, H);
     }
-    if (score == 0)
+    if (score == SARNN_SCORE_DOT)
         return h_t;
-    if (score == 1) {
+    if (score == SARNN_SCORE_SCALED_DOT) {
         const REAL inv_sqrt_h = (REAL)1 / SQRT((REAL)H);
         for (int64_t j = 0; j < H; j++)
             q[j] = h_t[j] * inv_sqrt_h;
@@ -195,7 +196,8 @@ INLINE const REAL *SFX(step_update)(const sarnn_model *mdl, REAL *hist, REAL *ke
     }
     for (int64_t a = 0; a < kdim; a++)
         q[a] = 0;
-    SFX(gemv_acc)(q, (const REAL *)(score == 2 ? mdl->W_s : mdl->W_q), h_t, kdim, H);
+    const REAL *W_sq = (const REAL *)(score == SARNN_SCORE_GENERAL ? mdl->W_s : mdl->W_q);
+    SFX(gemv_acc)(q, W_sq, h_t, kdim, H);
     return q;
 }
 
@@ -206,8 +208,8 @@ INLINE void SFX(attend_positions)(const sarnn_model *mdl, const REAL *hist, cons
                                   REAL *m, REAL *l, int *started, REAL *e_out)
 {
     const int64_t H = mdl->H, W = mdl->window;
-    const int score = mdl->score;
-    const int keyed = score >= 3;
+    const enum sarnn_score score = (enum sarnn_score)mdl->score;
+    const int keyed = score_is_keyed(score);
     const int64_t kdim = keyed ? mdl->Ha : H;
     const REAL *krows = keyed ? keys : hist;
     const REAL *v = (const REAL *)mdl->v;
@@ -229,10 +231,12 @@ INLINE void SFX(attend_positions)(const sarnn_model *mdl, const REAL *hist, cons
 }
 
 /* Step 5: merge `parts` partial online softmaxes (acc rows of H values, m, l, started) into
- * c_t = sum_i alpha_i h_i, copied to cs; normalise the n raw scores in e_row (if not NULL).
- * Every part with started != 0 covered a disjoint run of positions. */
+ * c_t = sum_i alpha_i h_i, copied to cs; when e_row is not NULL, write the attention weights
+ * e_row[i] = exp(e_raw[i] - max) / sum for the n raw scores e_raw (e_raw may be e_row).
+ * Every part with started != 0 covered a disjoint run of positions; at least one did. */
 INLINE void SFX(finish_step)(int64_t H, int parts, REAL *acc, const REAL *m, const REAL *l,
-                             const int *started, REAL *c_t, REAL *cs, REAL *e_row, int64_t n)
+                             const int *started, REAL *c_t, REAL *cs, const REAL *e_raw,
+                             REAL *e_row, int64_t n)
 {
     int first = 0;
     while (!started[first])
@@ -267,37 +271,16 @@ INLINE void SFX(finish_step)(int64_t H, int parts, REAL *acc, const REAL *m, con
     }
     if (e_row)
         for (int64_t i = 0; i < n; i++)
-            e_row[i] = EXP(e_row[i] - mx) * inv_l;
+            e_row[i] = EXP(e_raw[i] - mx) * inv_l;
 }
 
-/* One sequence, len steps of SPEC section 1, continuing from its state, on one thread:
- *   hist/keys: this sequence's (capacity x H) / (capacity x Ha) history,
- *   hs, cs: its last h and c (read as h_{t-1}, c_{t-1}; overwritten with h_t, c_t),
- *   *pos_io: positions consumed so far (advanced by len),
- *   out_h, out_c: (len x H) rows; out_h first holds the input projection of each step,
- *   attn: NULL or (len x attn_cols), column = absolute position,
- *   work: max(H, Ha) + H scratch values. */
-INLINE void SFX(run_sequence)(const sarnn_model *mdl, REAL *hist, REAL *keys, REAL *hs,
-                              REAL *cs, int64_t *pos_io, const REAL *x, int64_t len,
-                              REAL *out_h, REAL *out_c, REAL *attn, int64_t attn_cols,
-                              REAL *work)
-{
-    const int64_t H = mdl->H, W = mdl->window;
-    REAL *q = work;
-    REAL *acc = work + (mdl->Ha > H ? mdl->Ha : H);
-    const int64_t pos0 = *pos_io;
-    SFX(project)(out_h, (const REAL *)mdl->W_x, (const REAL *)mdl->b, x, len, H, mdl->D);
-    for (int64_t r = 0; r < len; r++) {
-        const int64_t p = pos0 + r;
-        const REAL *qv = SFX(step_update)(mdl, hist, keys, hs, cs, p, out_h + r * H, q);
-        const int64_t first = (W && p - W + 1 > 0) ? p - W + 1 : 0;
-        REAL *e_row = attn ? attn + r * attn_cols + first : 0;
-        REAL m = 0, l = 0;
-        int started = 0;
-        for (int64_t k = 0; k < H; k++)
-            acc[k] = 0;
-        SFX(attend_positions)(mdl, hist, keys, first, p, qv, acc, &m, &l, &started, e_row);
-        SFX(finish_step)(H, 1, acc, &m, &l, &started, out_c + r * H, cs, e_row, p - first + 1);
-    }
-    *pos_io = pos0 + len;
-}
+/* One ISA variant of the kernel's phases (sarnn_phases.h fills one per variant). */
+typedef struct {
+    void (*project)(const sarnn_model *, REAL *, const REAL *, int64_t);
+    const REAL *(*update)(const sarnn_model *, REAL *, REAL *, REAL *, const REAL *, int64_t,
+                          REAL *, REAL *);
+    void (*attend)(const sarnn_model *, const REAL *, const REAL *, int64_t, int64_t,
+                   const REAL *, REAL *, REAL *, REAL *, int *, REAL *);
+    void (*finish)(int64_t, int, REAL *, const REAL *, const REAL *, const int *, REAL *,
+                   REAL *, const REAL *, REAL *, int64_t);
+} SFX(phases);

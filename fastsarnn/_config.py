@@ -23,8 +23,23 @@ AUTO_ORDER = ("c", "numba", "numpy")
 
 #: Environment variables read by fastsarnn.
 ENV_BACKEND = "FASTSARNN_BACKEND"
-#: Set to 1 to force the C backend's generic (non-AVX2) kernels at import time.
+#: Set to 1 to force the C backend's generic (non-AVX2) kernels at import time (the same as
+#: FASTSARNN_C_ISA=generic).
 ENV_C_GENERIC = "FASTSARNN_C_GENERIC"
+#: C kernel variant at import time: "generic", "avx2", "avx512" or "auto" (the default);
+#: a variant the CPU cannot run makes the C backend unavailable, saying why.
+ENV_C_ISA = "FASTSARNN_C_ISA"
+
+#: C backend, one stream on several threads: split a step's attended positions over the
+#: team from this many positions on, in chunks of at least C_SPLIT_CHUNK_MIN positions.
+C_SPLIT_MIN_POSITIONS = 256
+C_SPLIT_CHUNK_MIN = 64
+#: Guard of that split on a busy machine: the rest of a call runs serially once a wait for a
+#: helper thread exceeds C_SPLIT_STALL_NS; and each calling thread measures split and serial
+#: steps (time per attended position), runs the faster, and probes the other every
+#: C_SPLIT_PROBE_PERIOD steps (or one-token calls).
+C_SPLIT_STALL_NS = 50_000
+C_SPLIT_PROBE_PERIOD = 256
 
 #: LLVM fast-math flags of the Numba kernels. Deliberately not ``fastmath=True``: that adds
 #: ``nnan``/``ninf`` and lets LLVM assume no NaN or inf, which the softmax must not rely on.

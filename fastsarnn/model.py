@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -527,7 +529,8 @@ class SelfAttentionRNN:
 
     __call__ = forward
 
-    def step(self, x_t, state, *, active=None, backend=None, check_finite=True):
+    def step(self, x_t, state, *, active=None, backend=None, check_finite=True, out=None,
+             num_threads=None):
         """Advance ``state`` by one input per stream.
 
         Parameters
@@ -539,28 +542,42 @@ class SelfAttentionRNN:
             The streams' state (advanced in place).
         active : array of bool, optional
             ``(B,)``: inactive rows return zeros and do not advance.
+        backend : str, optional
+            As for :meth:`forward`.
+        check_finite : bool
+            Check the active rows of ``x_t`` for NaN and inf.
+        out : tuple of two ndarray, optional
+            ``(h_buf, c_buf)``, C-contiguous, writeable, of the output shape and the model
+            dtype: written and returned instead of new arrays (NumPy's ``out=``).
+        num_threads : int, optional
+            Threads (default: all cores).
 
         Returns
         -------
         h_t, c_t : ndarray
-            ``(B, H)`` (or ``(H,)``).
+            ``(B, H)`` (or ``(H,)``); the arrays of ``out`` when given.
         """
         be = _registry.resolve(backend)
         if not isinstance(state, State):
             raise TypeError(f"state must be a fastsarnn State; got {type(state).__name__}")
+        dt = self._dtype
+        ready = type(x_t) is np.ndarray and x_t.dtype == dt and x_t.flags.c_contiguous
         B = state.batch_size
         exp = f"({B}, {self._D})" + (f" or ({self._D},)" if B == 1 else "")
-        x = _validate.real_array("x_t", x_t, exp)
+        x = x_t if ready else _validate.real_array("x_t", x_t, exp)
         one_d = x.ndim == 1
         if x.shape != ((self._D,) if one_d else (B, self._D)):
             raise ValueError(f"x_t must have shape {exp} (state batch size {B}, input size "
                              f"D = {self._D}); got shape {_validate.shape_str(x.shape)}")
-        x2 = x[None] if one_d else x
-        self._check_state(state, x2.shape[0])
+        if state._owner is not self or (one_d and B != 1):
+            self._check_state(state, 1 if one_d else B)   # raises: other model, batch size
+        if num_threads is not None:
+            num_threads = _validate.num_threads(num_threads)
+        cache = state._cache
         if active is None:
-            act = state._cache.get("all_active")
+            act = cache.get("all_active")
             if act is None or act.shape[0] != B:
-                act = state._cache["all_active"] = np.ones(B, dtype=np.bool_)
+                act = cache["all_active"] = np.ones(B, dtype=np.bool_)
         else:
             act = np.asarray(active)
             if act.dtype.kind != "b":
@@ -570,23 +587,96 @@ class SelfAttentionRNN:
                 act = act.reshape(1)
             _validate.expect_shape("active", act, (B,))
             act = np.ascontiguousarray(act)
-        xc = _validate.cast(x2, self._dtype)
-        if check_finite and not np.isfinite(xc).all():
-            _validate.first_nonfinite("x_t", xc if not one_d else xc[0],
-                                      act[:, None] if not one_d else None)
-        device = getattr(be, "DEVICE", False)
+        H = self._H
+        if out is not None:
+            out_h, out_c = self._check_step_out(out, (H,) if one_d else (B, H))
+        if not ready:
+            x = _validate.cast(x, dt)
+        # A finite sum of squares proves every value finite; otherwise look closely (the
+        # sum may only have overflowed, or the non-finite value sit in an inactive row).
+        if check_finite and x.size and not math.isfinite(x.dot(x) if one_d else np.vdot(x, x)):
+            if not np.isfinite(x).all():
+                _validate.first_nonfinite("x_t", x, None if one_d else act[:, None])
+        # -- all checks passed: from here on nothing may fail for the user's input --------
+        device = be.__dict__.get("DEVICE", False)
         if not device:
             state._sync_host()
         if B:
             need = (int(state.positions[0]) if B == 1 else int(state.positions.max())) + 1
-            if need > state.capacity:
+            if need > state.hist.shape[1]:
                 state._ensure_capacity(need)
-        out_h = np.zeros((B, self._H), dtype=self._dtype)
-        out_c = np.zeros((B, self._H), dtype=self._dtype)
+        if out is None:
+            out_h = np.zeros((H,) if one_d else (B, H), dtype=dt)
+            out_c = np.zeros((H,) if one_d else (B, H), dtype=dt)
+        elif active is not None:
+            out_h[...] = 0     # inactive rows give 0
+            out_c[...] = 0
         if B:
-            be.step(self._kernel_for(state), xc, act, state, out_h, out_c, None)
+            self._prepared_step(be, state)(x, act, state, out_h, out_c, num_threads)
             if not device:
                 state._host_changed()
-        if one_d:
-            return out_h[0], out_c[0]
         return out_h, out_c
+
+    def _check_step_out(self, out, shape):
+        """``out=`` of :meth:`step`: two C-contiguous, writeable arrays of ``shape`` in the
+        model dtype, not overlapping each other."""
+        if type(out) is tuple and len(out) == 2:
+            oh, oc = out
+            if (type(oh) is np.ndarray and type(oc) is np.ndarray and oh.shape == shape
+                    and oc.shape == shape and oh.dtype == self._dtype
+                    and oc.dtype == self._dtype):
+                fh, fc = oh.flags, oc.flags
+                if fh.c_contiguous and fc.c_contiguous and fh.writeable and fc.writeable:
+                    # Views of two different arrays that own their data cannot overlap.
+                    bh = oh if oh.base is None else oh.base
+                    bc = oc if oc.base is None else oc.base
+                    if (bh is not bc and type(bh) is np.ndarray and type(bc) is np.ndarray
+                            and bh.flags.owndata and bc.flags.owndata) \
+                            or not np.shares_memory(oh, oc):
+                        return oh, oc
+        # Not the common case: say what is wrong.
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise TypeError(f"out must be a tuple (h_buf, c_buf) of two arrays; got "
+                            f"{type(out).__name__}")
+        for name, buf in zip(("out[0] (h_buf)", "out[1] (c_buf)"), out):
+            if type(buf) is not np.ndarray:
+                raise TypeError(f"{name} must be a NumPy array; got {type(buf).__name__}")
+            if buf.dtype != self._dtype:
+                raise TypeError(f"{name} must have the model dtype {self._dtype.name}; got "
+                                f"{buf.dtype}")
+            if buf.shape != shape:
+                raise ValueError(f"{name} must have shape {_validate.shape_str(shape)}; got "
+                                 f"shape {_validate.shape_str(buf.shape)}")
+            if not (buf.flags.c_contiguous and buf.flags.writeable):
+                raise ValueError(f"{name} must be C-contiguous and writeable")
+        raise ValueError("out[0] and out[1] must not overlap")
+
+    def _prepared_step(self, be, state):
+        """``run(x, active, state, out_h, out_c, num_threads)`` (x and outputs ``(B, .)``, or
+        1-D for B = 1) for this backend and the state's current buffers; prepared once
+        (backends with ``prepare_step``) and reused while the buffers stay the same."""
+        key = ("step", be.NAME)
+        bufs = (state.hist, state.keys, state.h, state.c, state.positions)
+        got = state._cache.get(key)
+        if got is not None:
+            old = got[0]
+            if (old[0] is bufs[0] and old[1] is bufs[1] and old[2] is bufs[2]
+                    and old[3] is bufs[3] and old[4] is bufs[4]):
+                return got[1]
+        # The kernel depends on the state's capacity (_kernel_for), which changes only with
+        # its buffers: the prepared call stays valid while the buffers do.
+        kernel = self._kernel_for(state)
+        prepare = getattr(be, "prepare_step", None)
+        if prepare is not None:
+            run = prepare(kernel, state)
+        else:
+            run = functools.partial(_step_2d, be.step, kernel)
+        state._cache[key] = (bufs, run)
+        return run
+
+
+def _step_2d(step, kernel, x, act, state, out_h, out_c, num_threads):
+    """A backend's ``step`` with 1-D x and outputs (batch size 1) as ``(1, .)`` views."""
+    if x.ndim == 1:
+        x, out_h, out_c = x.reshape(1, -1), out_h.reshape(1, -1), out_c.reshape(1, -1)
+    step(kernel, x, act, state, out_h, out_c, num_threads)

@@ -27,15 +27,19 @@ def c_ext():
 
 
 def test_isa_dispatch_and_generic_override(c_ext, tmp_path):
-    expect = "generic" if os.environ.get("FASTSARNN_C_GENERIC", "") not in ("", "0") else None
-    if expect:
-        assert c_ext.isa() == "generic"
+    expect = os.environ.get("FASTSARNN_C_ISA") or (
+        "generic" if os.environ.get("FASTSARNN_C_GENERIC", "") not in ("", "0") else None)
+    if expect and expect != "auto":
+        assert c_ext.isa() == expect           # a CI stage per variant runs that variant
+    else:
+        assert c_ext.isa() == c_ext.supported_isas()[-1]   # auto: the widest this CPU runs
     code = ("import numpy as np, fastsarnn as fs\n"
             "from fastsarnn.backends import c_ext\n"
             "m = fs.SelfAttentionRNN.random(5, 16, score='additive', seed=0)\n"
             "x = np.random.default_rng(1).standard_normal((3, 20, 5))\n"
             "print(c_ext.isa()); print(repr(m.forward(x, backend='c').c.tobytes().hex()))\n")
     env = dict(os.environ, FASTSARNN_C_GENERIC="1")
+    env.pop("FASTSARNN_C_ISA", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120, cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr
@@ -48,11 +52,101 @@ def test_isa_dispatch_and_generic_override(c_ext, tmp_path):
 
 
 def test_sanitizer_flag_matches_the_build(c_ext):
-    want = os.environ.get("FASTSARNN_EXPECT_SANITIZED")
-    if want is not None:
-        assert c_ext.sanitized() == (want == "1")
+    """The normal build is not sanitized and has no test hooks; the .ci sanitizer stage sets
+    FASTSARNN_EXPECT_SANITIZED=1 and gets both."""
+    want = os.environ.get("FASTSARNN_EXPECT_SANITIZED", "0") == "1"
+    assert c_ext.sanitized() == want
+    assert c_ext.testing() == (want or os.environ.get("FASTSARNN_C_TESTING", "") == "1")
+
+
+def test_score_and_recurrence_codes_agree_with_the_c_enums(c_ext):
+    lib = c_ext.lib
+    assert lib.SARNN_NSCORES == len(fs._config.SCORES)
+    assert lib.SARNN_NRECURRENCES == len(fs._config.RECURRENCES)
+    for code, name in enumerate(fs._config.SCORES):
+        assert getattr(lib, "SARNN_SCORE_" + name.upper()) == code, name
+    for code, name in enumerate(fs._config.RECURRENCES):
+        assert getattr(lib, "SARNN_RECURRENCE_" + name.upper()) == code, name
+    for name in fs._config.SCORES:
+        assert make_model(score=name, H=3)._kernel.score_code == getattr(
+            lib, "SARNN_SCORE_" + name.upper())
+
+
+def _supported():
+    if not fs.backends()["c"].available:
+        return []
+    from fastsarnn.backends import c_ext
+    return list(c_ext.supported_isas())
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_every_kernel_variant_matches_the_reference(c_ext, isa):
+    """Forced variant: batch over threads, one stream split over threads, and step."""
+    if isa not in c_ext.supported_isas():
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    old = c_ext.set_isa(isa)
+    old_min = c_ext.set_split_min(1)
+    c_ext.set_split_guard(chunk_min=1)
+    c_ext.set_split_choice("always")
+    try:
+        assert c_ext.isa() == isa
+        for score, window, dtype in [("dot", None, "float32"), ("additive", 4, "float64"),
+                                     ("kq", None, "float64"), ("general", 3, "float32")]:
+            model = make_model(score=score, recurrence="hc", window=window, D=4, H=19, Ha=7,
+                               dtype=dtype)
+            x = make_x(3, 11, 4)
+            ref = reference(model, x, lengths=[11, 4, 0], return_attention=True)
+            got = model.forward(x, lengths=[11, 4, 0], return_attention=True, backend="c",
+                                num_threads=2)
+            assert max_err(got.c, ref.c) <= tol(model)
+            assert max_err(got.attention, ref.attention) <= tol(model)
+            one = reference(model, x[:1], return_attention=True)
+            split = model.forward(x[:1], return_attention=True, backend="c", num_threads=2)
+            assert c_ext.last_call_stats()["steps_split"] > 0
+            assert max_err(split.c, one.c) <= tol(model)
+            assert max_err(split.attention, one.attention) <= tol(model)
+            st = model.init_state(1)
+            cs = [model.step(x[0, t], st, backend="c")[1] for t in range(11)]
+            assert max_err(np.stack(cs), one.c[0]) <= tol(model)
+    finally:
+        c_ext.set_isa(old)
+        c_ext.set_split_choice("measure")
+        c_ext.set_split_min(old_min)
+        c_ext.set_split_guard(chunk_min=fs._config.C_SPLIT_CHUNK_MIN)
+
+
+def test_variant_override_errors(c_ext, tmp_path):
+    with pytest.raises(ValueError, match="unknown C kernel variant 'sse9'"):
+        c_ext.set_isa("sse9")
+    before = c_ext.isa()
+    if c_ext.testing():            # a variant this CPU "lacks": refused, nothing changes
+        c_ext.lib.sarnn_test_hide_isa(c_ext.lib.SARNN_ISA_AVX2, 1)
+        try:
+            with pytest.raises(ValueError, match="cannot run on this CPU"):
+                c_ext.set_isa("avx2")
+            assert "avx2" not in c_ext.supported_isas()
+        finally:
+            c_ext.lib.sarnn_test_hide_isa(c_ext.lib.SARNN_ISA_AVX2, 0)
     else:
-        assert c_ext.sanitized() in (True, False)
+        missing = [i for i in c_ext.ISAS if i not in c_ext.supported_isas()]
+        for name in missing:
+            with pytest.raises(ValueError, match="cannot run on this CPU"):
+                c_ext.set_isa(name)
+    assert c_ext.isa() == before
+    # The environment variable: a bad variant makes the backend unavailable, saying why.
+    code = ("import fastsarnn as fs\nprint(fs.backends()['c'])\n"
+            "from fastsarnn.backends import c_ext\nprint(c_ext.isa())\n")
+    for value, expect in [("generic", "generic"), ("avx2", "avx2"), ("bogus", None)]:
+        env = dict(os.environ, FASTSARNN_C_ISA=value)
+        env.pop("FASTSARNN_C_GENERIC", None)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=120, cwd=str(tmp_path))
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        if expect is None:
+            assert "available=False" in lines[0] and "FASTSARNN_C_ISA='bogus'" in lines[0]
+        elif expect in c_ext.supported_isas():
+            assert "available=True" in lines[0] and lines[1] == expect
 
 
 def _raw_call(c_ext, model, st, x, lengths, attn=None, **override):
@@ -70,7 +164,7 @@ def _raw_call(c_ext, model, st, x, lengths, attn=None, **override):
                              ffi.from_buffer("int64_t[]", lengths), ffi.from_buffer(out),
                              ffi.from_buffer(out2),
                              ffi.NULL if attn is None else ffi.from_buffer(attn),
-                             0 if attn is None else attn.shape[2], 0)
+                             0 if attn is None else attn.shape[2], 0, 0)
 
 
 def test_kernel_checks_its_own_arguments(c_ext):
@@ -94,6 +188,10 @@ def test_kernel_checks_its_own_arguments(c_ext):
         "negative window": dict(m_window=-1),
         "window vs capacity": dict(m_window=3),
     }
+    dot = make_model(score="dot", D=4, H=6, dtype="float32")
+    dst = dot.init_state(2, capacity=4)
+    assert _raw_call(c_ext, dot, dst, x, ok, m_Ha=6 + 100) != 0       # Ha for a keyless score
+    assert dst.positions.tolist() == [0, 0] and not dst.hist.any()
     for name, override in cases.items():
         rc = _raw_call(c_ext, model, st, x, ok, **override)
         assert rc != 0, name
@@ -175,3 +273,192 @@ def test_one_stream_split_over_threads(c_ext, score, window, dtype):
     finally:
         c_ext.set_split_min(old)
     assert old == c_ext.set_split_min(old)
+
+
+def test_compact_attention_matches_dense(c_ext):
+    """compact_attention=True: column k of row r = the dense row's column first + k."""
+    old = c_ext.set_split_min(1)
+    c_ext.set_split_guard(chunk_min=2)
+    c_ext.set_split_choice("always")       # the same chunks in both runs: equal bits
+    try:
+        for score, window, dtype, B in [("dot", 3, "float32", 3), ("additive", 5, "float64", 1),
+                                        ("kq", 1, "float64", 2), ("general", 6, "float32", 1)]:
+            model = make_model(score=score, window=window, D=4, H=9, Ha=5, dtype=dtype)
+            p = model._kernel
+            x = make_x(B, 13, 4).astype(dtype)
+            lengths = np.array([13, 7, 0][:B], np.int64)
+            for nt in (1, 2):
+                dense_st, comp_st = model.init_state(B), model.init_state(B)
+                for lo, hi in [(0, 5), (5, 13)]:              # streaming: positions before
+                    xs = np.ascontiguousarray(x[:, lo:hi])
+                    ln = np.clip(lengths - lo, 0, hi - lo).astype(np.int64)
+                    t0 = int(dense_st.positions.max())
+                    pos = dense_st.positions.copy()
+                    outs = []
+                    for st, cols, compact in [(dense_st, t0 + hi - lo, False),
+                                              (comp_st, window, True)]:
+                        h = np.zeros((B, hi - lo, 9), dtype)
+                        c = np.zeros_like(h)
+                        a = np.zeros((B, hi - lo, cols), dtype)
+                        c_ext.forward(p, xs, ln, st, h, c, a, nt, compact_attention=compact)
+                        outs.append((h, c, a))
+                    (hd, cd, ad), (hc, cc, ac) = outs
+                    assert np.array_equal(hd, hc) and np.array_equal(cd, cc)
+                    for b in range(B):
+                        for r in range(int(ln[b])):
+                            q = int(pos[b]) + r
+                            first = max(0, q - window + 1)
+                            want = np.zeros(window, dtype)
+                            want[:q - first + 1] = ad[b, r, first:q + 1]
+                            assert np.array_equal(ac[b, r], want), (score, b, r)
+                        assert not ac[b, int(ln[b]):].any()
+    finally:
+        c_ext.set_split_choice("measure")
+        c_ext.set_split_min(old)
+        c_ext.set_split_guard(chunk_min=fs._config.C_SPLIT_CHUNK_MIN)
+
+
+def test_compact_attention_checks_its_columns(c_ext):
+    model = make_model(window=4, D=4, H=6)
+    st = model.init_state(1)
+    x = make_x(1, 3, 4)
+    h = np.zeros((1, 3, 6))
+    with pytest.raises(ValueError, match="compact attention"):
+        c_ext.forward(model._kernel, x, np.array([3]), st, h, h.copy(), np.zeros((1, 3, 3)),
+                      1, compact_attention=True)
+    nowin = make_model(D=4, H=6)
+    with pytest.raises(ValueError, match="compact attention"):
+        c_ext.forward(nowin._kernel, x, np.array([3]), nowin.init_state(1), h, h.copy(),
+                      np.zeros((1, 3, 4)), 1, compact_attention=True)
+    assert st.positions.tolist() == [0]
+
+
+def _needs_hooks(c_ext):
+    if not c_ext.testing():
+        if os.environ.get("FASTSARNN_EXPECT_SANITIZED") == "1":
+            pytest.fail("the sanitizer build must carry the test hooks (SARNN_TESTING)")
+        pytest.skip("built without the test hooks (FASTSARNN_C_TESTING=1 or the sanitizer "
+                    "build has them); csrc/tests/driver.c covers them in every run")
+
+
+@pytest.mark.parametrize("B,nt", [(3, 2), (3, 1), (1, 1), (1, 2)])
+def test_out_of_memory_changes_no_state(c_ext, B, nt):
+    """An allocation failure (injected) fails the call before any row or output is touched:
+    batch over threads, serial, and a split single stream."""
+    _needs_hooks(c_ext)
+    model = make_model(D=4, H=6, dtype="float32")
+    st = model.init_state(B)
+    model.forward(make_x(B, 3, 4), state=st, backend="c")
+    x = make_x(B, 5, 4, seed=3)
+    old = c_ext.set_split_min(1)
+    c_ext.set_split_guard(chunk_min=1)
+    try:
+        before = [a.copy() for a in (st.hist, st.h, st.c, st.positions)]
+        for call in ("forward", "step"):
+            failed = []
+            for n in range(1, 4):    # the first, second, third allocation of the call fails
+                work = st.copy()
+                c_ext.lib.sarnn_test_fail_alloc(n)
+                try:
+                    if call == "forward":
+                        model.forward(x, state=work, backend="c", num_threads=nt)
+                    else:
+                        model.step(x[:, 0], work, backend="c", num_threads=nt)
+                except ValueError as exc:
+                    assert "out of memory" in str(exc)
+                    failed.append(n)
+                    for a, b in zip((work.hist, work.h, work.c, work.positions), before):
+                        assert np.array_equal(a, b), (call, n)
+                c_ext.lib.sarnn_test_fail_alloc(0)
+            assert failed and failed[0] == 1, (call, failed)
+        for a, b in zip((st.hist, st.h, st.c, st.positions), before):
+            assert np.array_equal(a, b)
+        got = model.forward(x, state=st, backend="c", num_threads=nt)
+        ref = reference(model, np.concatenate([make_x(B, 3, 4), x], 1))
+        assert max_err(got.c, ref.c[:, 3:]) <= tol(model)
+    finally:
+        c_ext.lib.sarnn_test_fail_alloc(0)
+        c_ext.set_split_min(old)
+        c_ext.set_split_guard(chunk_min=fs._config.C_SPLIT_CHUNK_MIN)
+
+
+def test_a_stalled_helper_makes_the_split_fall_back(c_ext):
+    """A helper that stalls at step 40 (injected) makes the leader run the rest of the call
+    serially; the result is the serial result."""
+    _needs_hooks(c_ext)
+    model = make_model(D=4, H=16, dtype="float64")
+    x = make_x(1, 100, 4)
+    serial = model.forward(x, backend="c", num_threads=1, return_attention=True)
+    old = c_ext.set_split_min(1)
+    c_ext.set_split_guard(chunk_min=4)
+    c_ext.set_split_choice("always")
+    try:
+        c_ext.lib.sarnn_test_stall_helper(40, 30_000_000)
+        got = model.forward(x, backend="c", num_threads=2, return_attention=True)
+        stats = c_ext.last_call_stats()
+    finally:
+        c_ext.lib.sarnn_test_stall_helper(-1, 0)
+        c_ext.set_split_choice("measure")
+        c_ext.set_split_min(old)
+        c_ext.set_split_guard(chunk_min=fs._config.C_SPLIT_CHUNK_MIN)
+    assert stats["fallback_step"] == 40
+    assert stats["steps_split"] == 40 - 7 + 1          # steps 7..40 had >= 2 chunks of 4
+    assert max_err(got.c, serial.c) <= 1e-12
+    assert max_err(got.attention, serial.attention) <= 1e-12
+
+
+def _busy(n):
+    code = "while True: pass"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+
+
+def test_split_choice_is_validated_and_forces_the_split(c_ext):
+    model = make_model(D=4, H=16)
+    x = make_x(1, 39, 4)       # steps 7..38 have >= 2 chunks of 4 positions: 32 eligible
+    old = c_ext.set_split_min(1)
+    try:
+        with pytest.raises(ValueError, match="unknown split choice"):
+            c_ext.set_split_choice("sometimes")
+        for choice, expect in [("always", 32), ("never", 0)]:
+            c_ext.set_split_guard(chunk_min=4)
+            c_ext.set_split_choice(choice)
+            model.forward(x, backend="c", num_threads=2)
+            assert c_ext.last_call_stats()["steps_split"] == expect, choice
+        c_ext.set_split_choice("measure")           # measured: split probed first
+        c_ext.set_split_guard(chunk_min=4)
+        model.forward(x, backend="c", num_threads=2)
+        stats = c_ext.last_call_stats()
+        assert stats["steps_split"] == 16      # a probe of split, then one of serial
+        assert stats["fallback_step"] == -1    # probes are not fallbacks
+    finally:
+        c_ext.set_split_choice("measure")
+        c_ext.set_split_min(old)
+        c_ext.set_split_guard(chunk_min=fs._config.C_SPLIT_CHUNK_MIN)
+
+
+@pytest.mark.parametrize("per_core", [1, 2])
+def test_single_stream_under_competing_processes(c_ext, per_core):
+    """Busy-loop processes on every core (N and 2N): the split single stream stays exact,
+    every step runs once, only eligible steps (>= 64 positions) are split, and a fallback
+    lies among them. (The fallback itself is forced deterministically by the stall test.)"""
+    cores = os.cpu_count() or 1
+    model = fs.SelfAttentionRNN.random(16, 64, seed=0)
+    x = np.random.default_rng(1).standard_normal((1, 600, 16)).astype(np.float32)
+    ref = reference(model, x)
+    old = c_ext.set_split_min(64)
+    procs = _busy(per_core * cores)
+    try:
+        for _ in range(5):
+            got = model.forward(x, backend="c")
+            stats = c_ext.last_call_stats()
+            assert max_err(got.c, ref.c) <= tol(model)
+            assert max_err(got.h, ref.h) <= tol(model)
+            assert stats["steps"] == 600
+            assert stats["steps_helped"] <= stats["steps_split"] <= 600 - 63
+            assert stats["fallback_step"] == -1 or 63 <= stats["fallback_step"] < 600
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+        c_ext.set_split_min(old)
