@@ -204,11 +204,14 @@ def test_serial_and_parallel_drivers_give_identical_results(score):
 
 
 # -- threading layer ------------------------------------------------------------------------
-def _run_python(code, env_extra):
+def _run_python(code, env_extra, tmp_path):
+    """Run ``code`` in a fresh interpreter on the fastsarnn this test process imported."""
     env = dict(os.environ)
     env.pop("NUMBA_THREADING_LAYER", None)
     env.update(env_extra)
-    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+    here = os.path.dirname(os.path.dirname(os.path.abspath(fs.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in [env.get("PYTHONPATH")] if p])
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     return res.stdout
@@ -227,7 +230,7 @@ CONCURRENT = """
 """
 
 
-def test_a_threading_layer_chosen_by_environment_is_left_alone():
+def test_a_threading_layer_chosen_by_environment_is_left_alone(tmp_path):
     """NUMBA_THREADING_LAYER=workqueue: fastsarnn runs on it (not omp), and since workqueue
     is not safe for concurrent launches, four threads calling at once still work."""
     out = _run_python("""
@@ -238,11 +241,11 @@ def test_a_threading_layer_chosen_by_environment_is_left_alone():
         print(numba.config.THREADING_LAYER, numba.threading_layer())
         from fastsarnn.backends import numba_cpu
         print(numba_cpu._launch_lock is not None)
-    """, {"NUMBA_THREADING_LAYER": "workqueue"})
+    """, {"NUMBA_THREADING_LAYER": "workqueue"}, tmp_path)
     assert out.split() == ["workqueue", "workqueue", "True"]
 
 
-def test_a_threading_layer_chosen_in_numba_config_is_left_alone():
+def test_a_threading_layer_chosen_in_numba_config_is_left_alone(tmp_path):
     out = _run_python("""
         import numba
         import numpy as np
@@ -252,22 +255,22 @@ def test_a_threading_layer_chosen_in_numba_config_is_left_alone():
         model = fs.SelfAttentionRNN.random(4, 8, seed=0)
         model.forward(np.zeros((3, 5, 4)), backend="numba")
         print(numba.config.THREADING_LAYER, numba.threading_layer())
-    """, {})
+    """, {}, tmp_path)
     assert out.split() == ["workqueue", "workqueue"]
 
 
-def test_default_layer_is_not_forced_on_the_host_program():
+def test_default_layer_is_not_forced_on_the_host_program(tmp_path):
     """Without a choice, importing the backend leaves Numba's setting at 'default'."""
     out = _run_python("""
         import numba
         import fastsarnn as fs
         from fastsarnn.backends import numba_cpu
         print(numba.config.THREADING_LAYER, fs.backends()["numba"].available)
-    """, {})
+    """, {}, tmp_path)
     assert out.split() == ["default", "True"]
 
 
-def test_a_layer_that_cannot_load_makes_the_backend_unavailable():
+def test_a_layer_that_cannot_load_makes_the_backend_unavailable(tmp_path):
     """NUMBA_THREADING_LAYER=tbb without TBB installed: 'numba' reports unavailable with
     the reason, an explicit use raises BackendUnavailableError, and auto passes it by."""
     try:
@@ -291,5 +294,5 @@ def test_a_layer_that_cannot_load_makes_the_backend_unavailable():
         else:
             raise AssertionError("no BackendUnavailableError")
         print("ok")
-    """, {"NUMBA_THREADING_LAYER": "tbb"})
+    """, {"NUMBA_THREADING_LAYER": "tbb"}, tmp_path)
     assert out.split() == ["ok"]
