@@ -44,9 +44,9 @@ C_SPLIT_PROBE_PERIOD = 256
 #: LLVM fast-math flags of the Numba kernels. Deliberately not ``fastmath=True``: that adds
 #: ``nnan``/``ninf`` and lets LLVM assume no NaN or inf, which the softmax must not rely on.
 NUMBA_FASTMATH = frozenset({"contract", "reassoc", "arcp", "nsz"})
-#: Threading layer requested for Numba's parallel kernels (thread-safe for concurrent calls),
-#: unless the user set NUMBA_THREADING_LAYER.
-NUMBA_THREADING_LAYER = "omp"
+#: Bytes of history (states plus keys) one attention chunk of the Numba kernel covers: a chunk
+#: is scored, exponentiated and summed while its rows stay in L1 (read at every call).
+NUMBA_ATTEND_CHUNK_BYTES = 32768
 
 #: Threads per CUDA block (a power of two, >= 2); read at every launch.
 CUDA_BLOCK_SIZE = 128
