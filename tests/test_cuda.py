@@ -108,13 +108,13 @@ def test_state_moves_between_cuda_and_cpu_backends():
 
 
 def test_alternating_cuda_and_numpy_steps_stay_consistent():
-    model = make_model(score="kq", D=5, H=6, Ha=3)
+    model = make_model(score="kq", recurrence="hc", D=5, H=6, Ha=3)
     x = make_x(2, 8, 5)
     ref = reference(model, x)
     st = model.init_state(2, capacity=2)             # grows on both sides
     hs = []
-    for t in range(8):
-        h, _ = model.step(x[:, t], st, backend="cuda" if t % 2 == 0 else "numpy")
+    for t in range(8):                               # numpy first: cuda takes h, c over
+        h, _ = model.step(x[:, t], st, backend="cuda" if t % 2 else "numpy")
         hs.append(h)
     assert max_err(np.stack(hs, 1), ref.h) <= tol(model)
     assert st.capacity == 8

@@ -118,7 +118,7 @@ def _make_warp_allsum(shuffles, G):
     The shared-memory version uses ``buf[o_red + g * blockDim + tid]``.
     """
     if shuffles:
-        @cuda.jit(device=True, inline=True)
+        @cuda.jit(device=True)
         def warp_allsum(vals, lane, width, buf, o_red, tid):
             mask = 0xFFFFFFFF if width == WARP else (1 << width) - 1
             for g in range(G):
