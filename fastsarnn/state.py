@@ -56,6 +56,28 @@ class State:
         like :attr:`hist`."""
         return self._host_access()[1]
 
+    @hist.setter
+    def hist(self, value):
+        self._replace("hist", value)
+
+    @keys.setter
+    def keys(self, value):
+        self._replace("keys", value)
+
+    def _replace(self, name, value):
+        """Put another host array of the same shape and dtype in place of ``hist``/``keys``
+        (its values become the newest, whatever a device copy holds)."""
+        old = getattr(self, "_" + name)
+        if old is None or not isinstance(value, np.ndarray) or value.shape != old.shape \
+                or value.dtype != old.dtype:
+            want = "None" if old is None else f"an array of shape {old.shape}, dtype {old.dtype}"
+            got = (f"shape {getattr(value, 'shape', None)}, dtype {getattr(value, 'dtype', None)}"
+                   if isinstance(value, np.ndarray) else type(value).__name__)
+            raise ValueError(f"state.{name} must stay {want}; got {got}")
+        setattr(self, "_" + name, value)
+        self._device_newer = False
+        self._host_newer = True
+
     def _host_access(self):
         self._sync_host()
         self._host_newer = True

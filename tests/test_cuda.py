@@ -130,10 +130,13 @@ def test_reading_the_history_after_cuda_gives_the_device_values():
         assert max_err(getattr(st, name), getattr(st_ref, name)) <= tol(model), name
 
 
+@pytest.mark.parametrize("then", ["cuda", "numpy"])
+@pytest.mark.parametrize("how", ["in place", "replaced"])
 @pytest.mark.parametrize("window", [None, 4])
-def test_user_writes_to_the_state_between_cuda_calls_are_seen(window):
+def test_user_writes_to_the_state_between_cuda_calls_are_seen(window, how, then):
     """Restore another stream's saved state into the public arrays of a state that has a
-    device copy: the next CUDA call continues that stream, not the one on the device."""
+    device copy (written in place, or hist/keys replaced by new arrays): the next CUDA call
+    continues that stream, not the one on the device."""
     model = make_model(score="kq", recurrence="hc", window=window, D=5, H=6, Ha=3)
     x = make_x(2, 10, 5)
     y = make_x(2, 6, 5, seed=5)
@@ -141,14 +144,28 @@ def test_user_writes_to_the_state_between_cuda_calls_are_seen(window):
     model.forward(x[:, :6], state=st, backend="cuda")         # device copy now newer
     saved = model.init_state(2, capacity=16)
     model.forward(y, state=saved, backend="numpy")             # the stream to restore
-    st.hist[...] = saved.hist
-    st.keys[...] = saved.keys
+    if how == "in place":
+        st.hist[...] = saved.hist
+        st.keys[...] = saved.keys
+    else:
+        st.hist, st.keys = saved.hist.copy(), saved.keys.copy()
     st.h[...] = saved.h
     st.c[...] = saved.c
     st.positions[...] = saved.positions
-    got = model.forward(x[:, 6:], state=st, backend="cuda")
+    got = model.forward(x[:, 6:], state=st, backend=then)
     want = reference(model, np.concatenate([y, x[:, 6:]], 1)).h[:, 6:]
     assert max_err(got.h, want) <= tol(model)
+
+
+def test_history_replacement_must_keep_shape_and_dtype():
+    model = make_model(D=5, H=6)
+    st = model.init_state(1, capacity=4)
+    model.forward(make_x(1, 2, 5), state=st, backend="cuda")
+    with pytest.raises(ValueError, match=r"shape \(1, 4, 6\)"):
+        st.hist = np.zeros((1, 8, 6))
+    with pytest.raises(ValueError, match="None"):
+        st.keys = np.zeros((1, 4, 6))
+    assert st.hist.shape == (1, 4, 6) and np.any(st.hist[0, :2] != 0)
 
 
 def test_user_write_to_h_alone_is_seen_by_step():

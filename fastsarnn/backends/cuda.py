@@ -583,19 +583,27 @@ def _device_weights(p):
     """Weights on the device, matrices transposed (``W^T[k, j]``: coalesced by ``j``)."""
     got = p.cache.get(NAME)
     if got is None:
-        dummy = np.zeros((1, 1), dtype=p.dtype)
-        got = {}
-        for name in ("W_x", "W_c", "W_h", "W_s", "W_k", "W_q"):
-            arr = getattr(p, name)
-            got[name] = cuda.to_device(np.ascontiguousarray(arr.T if arr.size else dummy))
-        for name in ("b", "v"):
-            arr = getattr(p, name)
-            got[name] = cuda.to_device(np.ascontiguousarray(arr if arr.size else dummy[0]))
-        got["lock"] = threading.Lock()
-        got["work"] = {}
-        got["none"] = cuda.device_array((1, 1, 1), dtype=p.dtype)     # absent buffers
-        got["none2"] = cuda.device_array((1, 1), dtype=p.dtype)
-        p.cache[NAME] = got
+        with _KERNEL_LOCK:
+            got = p.cache.get(NAME)
+            if got is None:
+                got = p.cache[NAME] = _upload_weights(p)
+    return got
+
+
+def _upload_weights(p):
+    """Device copies of the weights (transposed), the model's lock and workspace."""
+    dummy = np.zeros((1, 1), dtype=p.dtype)
+    got = {}
+    for name in ("W_x", "W_c", "W_h", "W_s", "W_k", "W_q"):
+        arr = getattr(p, name)
+        got[name] = cuda.to_device(np.ascontiguousarray(arr.T if arr.size else dummy))
+    for name in ("b", "v"):
+        arr = getattr(p, name)
+        got[name] = cuda.to_device(np.ascontiguousarray(arr if arr.size else dummy[0]))
+    got["lock"] = threading.Lock()     # one launch sequence at a time per workspace
+    got["work"] = {}
+    got["none"] = cuda.device_array((1, 1, 1), dtype=p.dtype)     # absent buffers
+    got["none2"] = cuda.device_array((1, 1), dtype=p.dtype)
     return got
 
 
