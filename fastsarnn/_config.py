@@ -48,8 +48,18 @@ NUMBA_FASTMATH = frozenset({"contract", "reassoc", "arcp", "nsz"})
 #: is scored, exponentiated and summed while its rows stay in L1 (read at every call).
 NUMBA_ATTEND_CHUNK_BYTES = 32768
 
-#: Threads per CUDA block (a power of two, >= 2); read at every launch.
-CUDA_BLOCK_SIZE = 128
+#: Threads per CUDA block of the sequence kernel (a power of two in [2, 1024]; 16 warps:
+#: the warps split each step's attended positions); read at every launch.
+CUDA_BLOCK_SIZE = 512
+#: Attended positions a warp of the CUDA kernel scores per round (rows in flight per warp;
+#: compile-time constant of the kernel). Read at launch.
+CUDA_ROWS_PER_WARP = 8
+#: Shared memory a block of the sequence kernel may use (bytes; 48 KiB needs no opt-in).
+#: Wider models first get smaller blocks, then a global-memory scratch. Read at launch.
+CUDA_SHARED_BYTES = 48 * 1024
+#: Warp all-reduce of the CUDA kernels: "auto" (shuffles on a GPU, the shared-memory
+#: version on the simulator, which has no warp intrinsics), True or False. Read at launch.
+CUDA_WARP_SHUFFLES = "auto"
 
 #: ``fastsarnn bench``: a runner's figures are flagged as noisy when median/min exceeds this.
 BENCH_NOISY_SPREAD = 1.5

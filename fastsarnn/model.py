@@ -490,6 +490,7 @@ class SelfAttentionRNN:
         # -- all checks passed: from here on nothing may fail for the user's input --------
         device = getattr(be, "DEVICE", False)
         st = state if state is not None else self.init_state(B, capacity=max(T, 1))
+        st._scratch = state is None
         if not device:
             st._sync_host()
         t0 = int(st.positions.max()) if B else 0

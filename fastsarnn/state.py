@@ -25,17 +25,67 @@ class State:
         cap = max(int(capacity), 1)
         if window is not None:
             cap = min(cap, window)
-        self.hist = np.zeros((batch_size, cap, hidden_size), dtype=dtype)
-        self.keys = (
+        self._hist = np.zeros((batch_size, cap, hidden_size), dtype=dtype)
+        self._keys = (
             np.zeros((batch_size, cap, attention_size), dtype=dtype) if attention_size else None
         )
         self.h = np.zeros((batch_size, hidden_size), dtype=dtype)
         self.c = np.zeros((batch_size, hidden_size), dtype=dtype)
         self.positions = np.zeros(batch_size, dtype=np.int64)
-        #: Per-backend scratch (prepared pointers, device copies); dropped by ``copy``.
+        #: Per-backend scratch (prepared pointers, staging buffers); dropped by ``copy``.
         self._cache: dict = {}
-        #: Bumped whenever host buffers change, so device copies know they are stale.
-        self._host_version = 0
+        #: Made by ``forward`` for one call and then dropped: a device backend may back it
+        #: with reusable buffers instead of a device copy of its own.
+        self._scratch = False
+        self._init_device_protocol()
+
+    def _init_device_protocol(self):
+        #: Device copy of hist/keys: {"backend", "hist", "keys", "download"} or None.
+        self._device = None
+        #: The host hist/keys may hold values the device copy lacks (read or written).
+        self._host_newer = True
+        #: The device copy holds values the host hist/keys lack.
+        self._device_newer = False
+
+    # -- the history: host arrays, synchronised with a device copy on access ---------------
+    @property
+    def hist(self) -> np.ndarray:
+        """History ``(B, cap, H)``. Reading the attribute brings it up to date from a device
+        copy and marks it as possibly written (the next device call uploads it)."""
+        return self._host_access()[0]
+
+    @property
+    def keys(self):
+        """Key cache ``(B, cap, Ha)`` (``kq``/``additive``), else ``None``; synchronised
+        like :attr:`hist`."""
+        return self._host_access()[1]
+
+    @hist.setter
+    def hist(self, value):
+        self._replace("hist", value)
+
+    @keys.setter
+    def keys(self, value):
+        self._replace("keys", value)
+
+    def _replace(self, name, value):
+        """Put another host array of the same shape and dtype in place of ``hist``/``keys``
+        (its values become the newest, whatever a device copy holds)."""
+        old = getattr(self, "_" + name)
+        if old is None or not isinstance(value, np.ndarray) or value.shape != old.shape \
+                or value.dtype != old.dtype:
+            want = "None" if old is None else f"an array of shape {old.shape}, dtype {old.dtype}"
+            got = (f"shape {getattr(value, 'shape', None)}, dtype {getattr(value, 'dtype', None)}"
+                   if isinstance(value, np.ndarray) else type(value).__name__)
+            raise ValueError(f"state.{name} must stay {want}; got {got}")
+        setattr(self, "_" + name, value)
+        self._device_newer = False
+        self._host_newer = True
+
+    def _host_access(self):
+        self._sync_host()
+        self._host_newer = True
+        return self._hist, self._keys
 
     # -- public --------------------------------------------------------------------------
     @property
@@ -44,14 +94,15 @@ class State:
 
     @property
     def capacity(self) -> int:
-        return self.hist.shape[1]
+        return self._hist.shape[1]
 
     @property
     def t(self) -> int:
         """Steps consumed by the longest stream: ``int(positions.max())`` (0 when empty).
 
-        ``positions``, ``h`` and ``c`` on the host are always current (a device backend
-        copies them back after each call); only ``hist``/``keys`` may live on the device.
+        ``positions``, ``h`` and ``c`` on the host are always current (the CUDA backend keeps
+        them in mapped host memory that its kernel reads and writes directly); only
+        ``hist``/``keys`` have a device copy.
         """
         return int(self.positions.max()) if self.positions.size else 0
 
@@ -84,9 +135,9 @@ class State:
         self.positions[sel] = 0
         self.h[sel] = 0
         self.c[sel] = 0
-        self.hist[sel] = 0
-        if self.keys is not None:
-            self.keys[sel] = 0
+        self._hist[sel] = 0
+        if self._keys is not None:
+            self._keys[sel] = 0
         self._host_changed()
 
     def copy(self) -> "State":
@@ -95,11 +146,12 @@ class State:
         new = State.__new__(State)
         new._owner = self._owner
         new._window = self._window
-        for name in ("hist", "keys", "h", "c", "positions"):
+        for name in ("_hist", "_keys", "h", "c", "positions"):
             arr = getattr(self, name)
-            setattr(new, name, None if arr is None else arr.copy())
+            setattr(new, name, None if arr is None else np.array(arr))
         new._cache = {}
-        new._host_version = 0
+        new._scratch = False
+        new._init_device_protocol()
         return new
 
     def __repr__(self):
@@ -125,7 +177,7 @@ class State:
         if self._window is not None:
             cap = min(cap, self._window)
         grown = {}
-        for name in ("hist", "keys"):   # allocate both before replacing either
+        for name in ("_hist", "_keys"):   # allocate both before replacing either
             old = getattr(self, name)
             if old is not None:
                 grown[name] = np.zeros((old.shape[0], cap, old.shape[2]), dtype=old.dtype)
@@ -134,12 +186,54 @@ class State:
             setattr(self, name, new)
         self._host_changed()
 
+    # -- host/device synchronisation: the one owner of the protocol ------------------------
+    # Invariant: whichever side holds the newest hist/keys is flagged (_host_newer,
+    # _device_newer; never both, since a device call first uploads host changes). h, c and
+    # positions are always current on the host (see ``t``).
+    def _device_history(self, backend, alloc, upload, download):
+        """Device arrays ``(hist, keys or None)`` of ``backend``, current for a launch.
+
+        ``alloc(shape, dtype)`` makes a device array; ``upload(dev, host)`` and
+        ``download(dev, host)`` copy whole arrays. The device copy is (re)allocated when the
+        host buffers changed shape (they grow geometrically, so does the device copy), and
+        uploaded when the host side changed (a fresh copy of a state with no stored
+        position excepted).
+        """
+        dev = self._device
+        if dev is not None and dev["backend"] != backend:
+            self._sync_host()
+            dev = None
+        fresh = dev is None or dev["hist"].shape != self._hist.shape
+        if fresh:   # alloc gives zeros
+            dev = self._device = {
+                "backend": backend, "download": download,
+                "hist": alloc(self._hist.shape, self._hist.dtype),
+                "keys": None if self._keys is None else alloc(self._keys.shape,
+                                                              self._keys.dtype)}
+            self._host_newer = True
+        if self._host_newer:
+            # a fresh device copy of a state with no stored position needs no upload:
+            # every slot a kernel reads is written by that kernel first
+            if not fresh or (self.positions.size and self.positions.max() > 0):
+                upload(dev["hist"], self._hist)
+                if self._keys is not None:
+                    upload(dev["keys"], self._keys)
+            self._host_newer = False
+        return dev["hist"], dev["keys"]
+
+    def _device_wrote(self, backend):
+        """A launch of ``backend`` wrote the device history: the host copy is stale."""
+        self._device_newer = True
+
     def _sync_host(self) -> None:
-        """Bring host buffers up to date when a device backend holds newer values."""
-        sync = self._cache.get("sync_host")
-        if sync is not None:
-            sync(self)
+        """Bring the host hist/keys up to date when the device copy holds newer values."""
+        if self._device_newer:
+            dev = self._device
+            dev["download"](dev["hist"], self._hist)
+            if self._keys is not None:
+                dev["download"](dev["keys"], self._keys)
+            self._device_newer = False
 
     def _host_changed(self) -> None:
-        """Host buffers changed (a CPU kernel, reset, growth): device copies are stale."""
-        self._host_version += 1
+        """Host buffers changed (a CPU kernel, reset, growth): the device copy is stale."""
+        self._host_newer = True

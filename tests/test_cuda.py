@@ -1,19 +1,30 @@
 """What is particular to the CUDA backend (runs on a GPU, or on the simulator with
 NUMBA_ENABLE_CUDASIM=1): device arrays in and out, the state's device copy kept consistent
-with CPU backends, and the block size from the config."""
+with user writes and CPU backends, no device allocation per call, compact attention, the
+warp reduce helper, the scratch placements, the block sizes, availability and the NumPy 2.5
+compatibility step."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import fastsarnn as fs
 from fastsarnn import _config
+
+try:   # a module global, so that the simulator can swap it inside the test's kernel
+    from numba import cuda
+except ImportError:
+    cuda = None
 from fastsarnn._validate import is_device_array
 from _helpers import make_model, make_x, max_err, reference, tol
 
 _INFO = fs.backends()["cuda"]
 _REQUIRED = "cuda" in os.environ.get("FASTSARNN_REQUIRE_BACKENDS", "")
+#: The block size the package ships with (the autouse fixture below shrinks it for tests).
+PRODUCTION_BLOCK = _config.CUDA_BLOCK_SIZE
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +37,12 @@ def cuda_ready(monkeypatch):
                         int(os.environ.get("FASTSARNN_TEST_CUDA_BLOCK", "4")))
 
 
+def _be():
+    from fastsarnn.backends import cuda as be
+    return be
+
+
+# -- device arrays ---------------------------------------------------------------------------
 def test_device_arrays_in_device_arrays_out():
     from numba import cuda
     model = make_model(score="kq", D=5, H=6, Ha=3, dtype="float32")
@@ -37,6 +54,25 @@ def test_device_arrays_in_device_arrays_out():
     assert max_err(out.h.copy_to_host(), ref.h) <= tol(model)
     assert max_err(out.attention.copy_to_host(), ref.attention) <= tol(model)
     assert max_err(out.c_last.copy_to_host(), ref.c_last) <= tol(model)
+
+
+def test_device_arrays_stream_with_a_state_and_lengths():
+    from numba import cuda
+    model = make_model(score="additive", window=3, D=5, H=6, Ha=4, dtype="float32")
+    x = make_x(2, 7, 5).astype(np.float32)
+    lengths = np.array([4, 2])
+    st = model.init_state(2)
+    a = model.forward(cuda.to_device(np.ascontiguousarray(x[:, :4])), lengths=lengths,
+                      state=st, backend="cuda")
+    b = model.forward(cuda.to_device(np.ascontiguousarray(x[:, 4:])), state=st,
+                      return_attention=True, backend="cuda")
+    assert is_device_array(b.attention) and st.positions.tolist() == [7, 5]
+    ref0 = reference(model, x[:1])
+    ref1 = reference(model, np.concatenate([x[1:, :2], x[1:, 4:]], 1))
+    h0 = np.concatenate([a.h.copy_to_host()[0], b.h.copy_to_host()[0]])
+    h1 = np.concatenate([a.h.copy_to_host()[1, :2], b.h.copy_to_host()[1]])
+    assert max_err(h0, ref0.h[0]) <= tol(model) and max_err(h1, ref1.h[0]) <= tol(model)
+    assert np.all(a.h.copy_to_host()[1, 2:] == 0)          # past lengths: zeros
 
 
 def test_device_input_checks():
@@ -53,6 +89,7 @@ def test_device_input_checks():
         model.forward(cuda.to_device(bad), backend="numpy")
 
 
+# -- the state: device copy, user writes, CPU backends -----------------------------------------
 def test_state_moves_between_cuda_and_cpu_backends():
     model = make_model(score="additive", window=3, D=5, H=6, Ha=4)
     x = make_x(2, 9, 5)
@@ -70,9 +107,307 @@ def test_state_moves_between_cuda_and_cpu_backends():
     assert max_err(last, ref.h[:, 8:]) <= tol(model)
 
 
-def test_bad_block_size_is_refused(monkeypatch):
-    monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", 6)
+def test_alternating_cuda_and_numpy_steps_stay_consistent():
+    model = make_model(score="kq", recurrence="hc", D=5, H=6, Ha=3)
+    x = make_x(2, 8, 5)
+    ref = reference(model, x)
+    st = model.init_state(2, capacity=2)             # grows on both sides
+    hs = []
+    for t in range(8):                               # numpy first: cuda takes h, c over
+        h, _ = model.step(x[:, t], st, backend="cuda" if t % 2 else "numpy")
+        hs.append(h)
+    assert max_err(np.stack(hs, 1), ref.h) <= tol(model)
+    assert st.capacity == 8
+
+
+def test_reading_the_history_after_cuda_gives_the_device_values():
+    model = make_model(score="kq", D=5, H=6, Ha=3)
+    x = make_x(2, 5, 5)
+    st, st_ref = model.init_state(2), model.init_state(2)
+    model.forward(x, state=st, backend="cuda")
+    model.forward(x, state=st_ref, backend="numpy")
+    for name in ("hist", "keys", "h", "c", "positions"):
+        assert max_err(getattr(st, name), getattr(st_ref, name)) <= tol(model), name
+
+
+@pytest.mark.parametrize("then", ["cuda", "numpy"])
+@pytest.mark.parametrize("how", ["in place", "replaced"])
+@pytest.mark.parametrize("window", [None, 4])
+def test_user_writes_to_the_state_between_cuda_calls_are_seen(window, how, then):
+    """Restore another stream's saved state into the public arrays of a state that has a
+    device copy (written in place, or hist/keys replaced by new arrays): the next CUDA call
+    continues that stream, not the one on the device."""
+    model = make_model(score="kq", recurrence="hc", window=window, D=5, H=6, Ha=3)
+    x = make_x(2, 10, 5)
+    y = make_x(2, 6, 5, seed=5)
+    st = model.init_state(2, capacity=16)
+    model.forward(x[:, :6], state=st, backend="cuda")         # device copy now newer
+    saved = model.init_state(2, capacity=16)
+    model.forward(y, state=saved, backend="numpy")             # the stream to restore
+    if how == "in place":
+        st.hist[...] = saved.hist
+        st.keys[...] = saved.keys
+    else:
+        st.hist, st.keys = saved.hist.copy(), saved.keys.copy()
+    st.h[...] = saved.h
+    st.c[...] = saved.c
+    st.positions[...] = saved.positions
+    got = model.forward(x[:, 6:], state=st, backend=then)
+    want = reference(model, np.concatenate([y, x[:, 6:]], 1)).h[:, 6:]
+    assert max_err(got.h, want) <= tol(model)
+
+
+def test_history_replacement_must_keep_shape_and_dtype():
+    model = make_model(D=5, H=6)
+    st = model.init_state(1, capacity=4)
+    model.forward(make_x(1, 2, 5), state=st, backend="cuda")
+    with pytest.raises(ValueError, match=r"shape \(1, 4, 6\)"):
+        st.hist = np.zeros((1, 8, 6))
+    with pytest.raises(ValueError, match="None"):
+        st.keys = np.zeros((1, 4, 6))
+    assert st.hist.shape == (1, 4, 6) and np.any(st.hist[0, :2] != 0)
+
+
+def test_user_write_to_h_alone_is_seen_by_step():
+    model = make_model(recurrence="hc", D=5, H=6)
+    x = make_x(1, 3, 5)
+    st = model.init_state(1)
+    model.step(x[:, 0], st, backend="cuda")
+    st_np = st.copy()
+    st.h[0, 2] += 0.5                                 # the recurrence reads h_{t-1}
+    st_np.h[0, 2] += 0.5
+    got, _ = model.step(x[:, 1], st, backend="cuda")
+    want, _ = model.step(x[:, 1], st_np, backend="numpy")
+    assert max_err(got, want) <= tol(model)
+
+
+def test_reset_after_cuda_clears_the_device_copy():
+    model = make_model(D=5, H=6)
+    x = make_x(1, 6, 5)
+    st = model.init_state(1)
+    model.forward(x[:, :4], state=st, backend="cuda")
+    st.reset()
+    got = model.forward(x[:, 4:], state=st, backend="cuda")
+    assert max_err(got.h, reference(model, x[:, 4:]).h) <= tol(model)
+    assert np.all(st.hist[0, 2:] == 0)                 # nothing stale past the positions
+
+
+def test_no_device_allocation_per_call(monkeypatch):
+    """Once the buffers are grown, step and forward allocate nothing on the device."""
+    from numba import cuda
+    model = make_model(score="general", D=5, H=6)
+    x = make_x(2, 12, 5)
+    st = model.init_state(2, capacity=16)
+    model.step(x[:, 0], st, backend="cuda")
+    model.forward(x[:, 1:3], state=st, backend="cuda")
+    model.forward(x[:, 1:3], backend="cuda")          # scratch state: model's workspace
+    calls = []
+    for name in ("device_array", "to_device", "mapped_array", "pinned_array"):
+        real = getattr(cuda, name)
+        monkeypatch.setattr(cuda, name, lambda *a, _r=real, _n=name, **k:
+                            calls.append(_n) or _r(*a, **k))
+    for t in range(3, 6):
+        model.step(x[:, t], st, backend="cuda")
+    model.forward(x[:, 6:8], state=st, backend="cuda")
+    model.forward(x[:, 1:3], backend="cuda")
+    assert calls == []
+    monkeypatch.undo()
+    ref = reference(model, x[:, :8])
+    assert max_err(st.h, ref.h_last) <= tol(model)
+
+
+def test_device_history_grows_with_the_state():
+    model = make_model(D=5, H=6)
+    x = make_x(1, 9, 5)
+    st = model.init_state(1, capacity=2)
+    for t in range(9):
+        model.step(x[:, t], st, backend="cuda")
+    assert st.capacity == 16 and st._device["hist"].shape == (1, 16, 6)
+    assert max_err(st.h, reference(model, x).h_last) <= tol(model)
+
+
+def test_kernel_launch_checks_its_arguments():
+    be = _be()
+    model = make_model(D=5, H=6)
+    st = model.init_state(2, capacity=4)
+    x = make_x(2, 6, 5)
+    out = np.zeros((2, 6, 6))
+    with pytest.raises(ValueError, match="capacity"):
+        be.forward(model._kernel, x, np.array([6, 6]), st, out, out.copy(), None)
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        be.forward(model._kernel, x, np.array([3, 3]), st, out[:, :5], out, None)
+    assert st.positions.tolist() == [0, 0] and np.all(st.hist == 0)
+
+
+# -- the kernel's variants -----------------------------------------------------------------------
+def test_compact_attention_equals_the_dense_row_slice():
+    be = _be()
+    model = make_model(score="additive", window=3, D=5, H=6, Ha=4)
+    x = make_x(2, 7, 5)
+    lengths = np.array([7, 5])
+
+    def run(compact, cols):
+        st = model.init_state(2)
+        st.positions[...] = [2, 0]
+        out_h, out_c = np.zeros((2, 7, 6)), np.zeros((2, 7, 6))
+        attn = np.zeros((2, 7, cols))
+        be.forward(model._kernel, x, lengths, st, out_h, out_c, attn,
+                   compact_attention=compact)
+        return attn
+
+    dense, compact = run(False, 9), run(True, 3)
+    for b, t0 in ((0, 2), (1, 0)):
+        for r in range(lengths[b]):
+            p = t0 + r
+            first = max(0, p - 2)
+            n = p - first + 1
+            assert np.array_equal(compact[b, r, :n], dense[b, r, first: p + 1])
+            assert np.all(compact[b, r, n:] == 0)
+    assert np.all(compact[1, 5:] == 0)
+
+
+def test_global_scratch_matches_shared(monkeypatch):
+    """A model too wide for shared memory runs with its scratch in global memory."""
+    be = _be()
+    monkeypatch.setattr(_config, "CUDA_SHARED_BYTES", 0)
+    model = make_model(score="kq", recurrence="hc", window=3, D=5, H=6, Ha=4)
+    assert be.block_geometry(6, 4, 5, model.dtype, be.use_shuffles(),
+                             be.rows_per_warp())[2]
+    x = make_x(2, 6, 5)
+    out = model.forward(x, return_attention=True, backend="cuda")
+    ref = reference(model, x, return_attention=True)
+    assert max_err(out.c, ref.c) <= tol(model)
+    assert max_err(out.attention, ref.attention) <= tol(model)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_rows_per_warp(monkeypatch, rows):
+    monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", rows)
+    model = make_model(score="dot", D=5, H=6)
+    x = make_x(1, 7, 5)
+    out = model.forward(x, return_attention=True, backend="cuda")
+    assert max_err(out.attention, reference(model, x, return_attention=True).attention) \
+        <= tol(model)
+
+
+def test_production_block_size(monkeypatch):
+    """The shipped block size (several warps of 32 lanes) on a small problem, every score
+    family: dot-like, keyed, additive; a window; float32."""
+    monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", PRODUCTION_BLOCK)
+    be = _be()
+    nt = be.block_geometry(6, 4, 3, np.float32, be.use_shuffles(), be.rows_per_warp())[0]
+    assert nt == PRODUCTION_BLOCK and nt >= 64      # at least two warps
+    x = make_x(2, 4, 3)
+    for score, window in (("general", None), ("additive", 2)):
+        model = make_model(score=score, recurrence="hc", window=window, D=3, H=6, Ha=4,
+                           dtype="float32")
+        st = model.init_state(2)
+        a = model.forward(x[:, :3], state=st, return_attention=True, backend="cuda")
+        h, _ = model.step(x[:, 3], st, backend="cuda")
+        ref = reference(model, x, return_attention=True)
+        assert max_err(a.attention, ref.attention[:, :3, :3]) <= tol(model)
+        assert max_err(h, ref.h[:, 3]) <= tol(model)
+
+
+def test_bad_config_is_refused(monkeypatch):
     model = make_model(D=5, H=6)
     st = model.init_state(1)
+    monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", 6)
     with pytest.raises(ValueError, match="power of two"):
         model.forward(make_x(1, 2, 5), state=st, backend="cuda")
+    monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", 4)
+    monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", 0)
+    with pytest.raises(ValueError, match="ROWS_PER_WARP"):
+        model.forward(make_x(1, 2, 5), state=st, backend="cuda")
+    monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", 8)
+    monkeypatch.setattr(_config, "CUDA_WARP_SHUFFLES", "sometimes")
+    with pytest.raises(ValueError, match="WARP_SHUFFLES"):
+        model.forward(make_x(1, 2, 5), state=st, backend="cuda")
+    assert st.positions.tolist() == [0]
+
+
+def test_warp_allsum_gives_every_lane_the_same_sums():
+    """The reduce helper CI can run (the shared-memory one; the shuffle one needs a GPU)."""
+    be = _be()
+    if not be.SIMULATOR and not be.use_shuffles():
+        pytest.skip("checks the helper the simulator runs")
+    allsum = be._make_warp_allsum(be.use_shuffles(), 2)
+
+    @cuda.jit
+    def kern(vals, out):
+        tid = cuda.threadIdx.x
+        width = 32 if cuda.blockDim.x >= 32 else cuda.blockDim.x
+        buf = cuda.shared.array(256, np.float64)
+        e = cuda.local.array(2, np.float64)
+        e[0] = vals[tid]
+        e[1] = 2 * vals[tid]
+        allsum(e, tid % width, width, buf, 0, tid)
+        out[tid, 0] = e[0]
+        out[tid, 1] = e[1]
+
+    for nt in (4, 64):
+        vals = np.random.default_rng(nt).standard_normal(nt)
+        out = np.zeros((nt, 2))
+        kern[1, nt](vals, out)
+        width = min(nt, 32)
+        for w in range(nt // width):
+            seg = vals[w * width: (w + 1) * width]
+            assert np.all(out[w * width: (w + 1) * width, 0] == out[w * width, 0])
+            assert abs(out[w * width, 0] - seg.sum()) < 1e-12
+            assert abs(out[w * width, 1] - 2 * seg.sum()) < 1e-12
+
+
+# -- availability and the NumPy 2.5 compatibility step ------------------------------------------
+def test_availability_needs_a_kernel_that_ran(monkeypatch):
+    be = _be()
+    assert be.availability() == (True, None)
+
+    class Broken:
+        def __getitem__(self, config):
+            def launch(*args):
+                raise AttributeError("module 'numpy' has no attribute 'row_stack'")
+            return launch
+
+    monkeypatch.setattr(be, "_probe_kernel", Broken())
+    ok, reason = be._probe()
+    assert not ok and "row_stack" in reason and "AttributeError" in reason
+
+
+_ROW_STACK_CHECK = r"""
+import sys, warnings
+warnings.simplefilter("ignore")
+import numpy as np
+if hasattr(np, "row_stack"):
+    del np.row_stack                      # as in NumPy >= 2.5
+if sys.argv[1] == "control":
+    from numba import cuda
+    try:
+        import numba.cuda.np.arrayobj
+    except ModuleNotFoundError:
+        print("LAYOUT")
+    except AttributeError as exc:
+        print("FAILS", exc)
+    else:
+        print("IMPORTS")
+else:
+    import fastsarnn as fs
+    info = fs.backends()["cuda"]
+    assert "numba.cuda.np.arrayobj" in sys.modules or "numba.cuda" in sys.modules
+    assert not hasattr(np, "row_stack"), "the alias must not outlive the import"
+    print("AVAILABLE" if info.available else "UNAVAILABLE " + str(info.reason))
+"""
+
+
+def test_backend_works_without_numpy_row_stack():
+    """numba-cuda 0.30 names np.row_stack (removed in NumPy 2.5): simulate its absence."""
+    def run(mode):
+        r = subprocess.run([sys.executable, "-c", _ROW_STACK_CHECK, mode],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip().splitlines()[-1]
+
+    control = run("control")
+    if control == "LAYOUT":
+        pytest.skip("this numba.cuda has no numba.cuda.np.arrayobj (not numba-cuda's layout)")
+    assert control.startswith("FAILS"), control       # the failure the step prevents
+    assert run("fixed") == "AVAILABLE"

@@ -1,17 +1,46 @@
-"""The ``"cuda"`` backend: a persistent Numba CUDA kernel, one launch per ``forward``.
+"""The ``"cuda"`` backend: a persistent Numba CUDA decode kernel, one block per sequence.
 
-A thread block owns a sequence and loops over time inside the kernel, synchronising within
-the block between the phases of a step; weights are read from global memory (L2-resident at
-these sizes), the history lives in device memory, and every reduction (softmax max and sum)
-is a tree in shared memory, so the kernel also runs on the CUDA simulator
-(``NUMBA_ENABLE_CUDASIM=1``), which has no warp intrinsics.
+A ``forward`` is two launches: the input projection ``W_x x_t + b`` for every valid step,
+in parallel (one thread per output element, written into ``out_h``), then the sequence
+kernel, where block ``b`` runs sequence ``b`` through all its steps. A ``step`` is one
+launch (the projection done inside it). Per step the block
 
-The state keeps device copies of its history between calls: after a launch only
-``positions``, ``h`` and ``c`` come back to the host (small); ``hist``/``keys`` are copied back
-only when a CPU backend, ``copy`` or ``reset`` needs them.
+1. updates the state: ``h_t = tanh(pre_t + W_c c_{t-1} [+ W_h h_{t-1}])``, the matrix-vector
+   products split over the block (thread ``j`` of part ``g`` sums one slice of ``k``; weights
+   stored transposed, so neighbouring threads read neighbouring words);
+2. forms the key and the query (``W_k h_t``, ``W_q h_t``, ``W_s h_t``) the same way;
+3. attends in the FlashDecoding pattern: warp ``w`` owns attended positions ``w, w + NW,
+   ...``; its lanes own dimensions (one history row read per warp, coalesced), a warp
+   all-reduce gives the score, and each warp keeps an online softmax (running max ``m``,
+   sum ``l``, weighted accumulator of ``H`` values in shared memory);
+4. merges the warps' partials: ``M = max_w m_w``, ``l = sum_w l_w e^(m_w - M)``,
+   ``c_t = sum_w acc_w e^(m_w - M) / l``.
+
+``h_{t-1}``, ``c_{t-1}``, the query and the partials live in shared memory (or, when a
+model is too wide for it, in a global scratch buffer with the same layout). Arithmetic is
+in the model dtype; the running max makes every exponent ``<= 0`` and never forms
+``inf - inf`` for finite scores.
+
+Warp all-reduce: one helper (:func:`_make_warp_allsum`), built with shuffles on a GPU and
+with a shared-memory version on the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, which has no
+warp intrinsics), chosen once by :data:`fastsarnn._config.CUDA_WARP_SHUFFLES`; the rest of
+the kernel is the same code in both.
+
+State on the device: the history and keys stay on the device between calls (the
+:class:`~fastsarnn.state.State` owns the protocol: it uploads when the host copy changed and
+downloads when the host copy is read); ``h``, ``c`` and ``positions`` are moved into mapped
+(pinned, device-addressable) host memory on first use, so the kernel reads and writes the
+very arrays the user sees: writes to them between calls are honoured without a copy.
+
+One block per sequence: with fewer sequences than SMs the GPU is under-used. Splitting one
+sequence's positions over several blocks in one launch needs a grid-wide barrier per step
+(a cooperative launch); the simulator runs cooperative grids of one block only, so that
+variant could not be tested here and is not built (see docs/BENCHMARKS.md, GPU).
 """
 
 import math
+import os
+import threading
 from importlib import metadata
 
 import numpy as np
@@ -21,7 +50,28 @@ from .. import _config, _validate
 NAME = "cuda"
 DEVICE = True
 ACCEPTS_DEVICE_ARRAYS = True
-MAX_BLOCK = 1024            # shared reduction buffer; CUDA_BLOCK_SIZE must not exceed it
+WARP = 32
+
+
+def _import_numba_cuda_array_support():
+    """Import numba-cuda's NumPy array support with ``np.row_stack`` present.
+
+    numba-cuda (0.30) registers ``overload(np.row_stack)`` when ``numba.cuda.np.arrayobj``
+    is first imported (at the first kernel compilation); NumPy 2.5 removed ``row_stack``
+    (it was an alias of ``vstack``), so that import fails with ``AttributeError``. The alias
+    is put back for the import only and removed again, so NumPy itself is left as it was.
+    """
+    added = not hasattr(np, "row_stack")
+    if added:
+        np.row_stack = np.vstack
+    try:
+        import numba.cuda.np.arrayobj  # noqa: F401  (registers its overloads)
+    except ModuleNotFoundError:   # another layout (Numba's bundled numba.cuda): nothing to do
+        pass
+    finally:
+        if added:
+            del np.row_stack
+
 
 try:
     metadata.version("numba-cuda")
@@ -34,134 +84,376 @@ if _IMPORT_ERROR is None:
     import numba
     from numba import cuda
 
-    @cuda.jit
-    def _forward_kernel(W_x, W_c, bias, W_h, W_s, W_k, W_q, v, score, recurrence, window,
-                        x, lengths, hist, keys, hs, cs, positions, out_h, out_c, attn,
-                        want_attn, qbuf, ebuf):
-        """Block b runs sequence b for lengths[b] steps (SPEC section 1).
+    _import_numba_cuda_array_support()
+    SIMULATOR = bool(getattr(numba.config, "ENABLE_CUDASIM", 0)) or \
+        os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
-        Phases of a step, separated by __syncthreads: (1) thread j computes h_t[j] and
-        appends it; (2) keys k_t = W_k h_t and the query; (3) thread i scores attended
-        positions i, i + blockDim, ...; a shared-memory tree gives m = max e; (4) the same
-        threads form exp(e_i - m) and a tree gives l; (5) thread j sums c_t[j]. Invariant at
-        the top of step r: out_h[b, r-1] / out_c[b, r-1] (or hs / cs when r = 0) hold
-        h_{t-1}, c_{t-1}, and history slots of every attended position are written.
+
+# -- the warp all-reduce: shuffles on a GPU, shared memory on the simulator ----------------
+def use_shuffles():
+    """Whether the kernels reduce across a warp with shuffles (the one place this is chosen).
+
+    ``_config.CUDA_WARP_SHUFFLES``: ``"auto"`` (shuffles on a GPU, the shared-memory version
+    on the simulator), ``True`` or ``False``.
+    """
+    choice = _config.CUDA_WARP_SHUFFLES
+    if choice == "auto":
+        return not SIMULATOR
+    if choice is True and SIMULATOR:
+        raise ValueError("fastsarnn._config.CUDA_WARP_SHUFFLES=True needs a GPU: the CUDA "
+                         "simulator has no warp shuffles; use 'auto' or False")
+    if choice not in (True, False):
+        raise ValueError(f"fastsarnn._config.CUDA_WARP_SHUFFLES must be 'auto', True or "
+                         f"False; got {choice!r}")
+    return choice
+
+
+def _make_warp_allsum(shuffles, G):
+    """``warp_allsum(vals, lane, width, buf, o_red, tid)``: replaces each of the ``G``
+    values of ``vals`` (a per-thread array) by its sum over the ``width`` lanes of the
+    calling warp; every lane gets bitwise the same sums.
+
+    Every thread of the block must call it the same number of times (the shared-memory
+    version synchronises the block; the shuffle version needs every lane of the warp).
+    The shared-memory version uses ``buf[o_red + g * blockDim + tid]``.
+    """
+    if shuffles:
+        @cuda.jit(device=True)
+        def warp_allsum(vals, lane, width, buf, o_red, tid):
+            mask = 0xFFFFFFFF if width == WARP else (1 << width) - 1
+            for g in range(G):
+                val = vals[g]
+                off = width // 2
+                while off > 0:   # butterfly: a + b == b + a, so every lane ends equal
+                    val += cuda.shfl_xor_sync(mask, val, off)
+                    off //= 2
+                vals[g] = val
+    else:
+        @cuda.jit(device=True)
+        def warp_allsum(vals, lane, width, buf, o_red, tid):
+            nt = cuda.blockDim.x
+            for g in range(G):
+                buf[o_red + g * nt + tid] = vals[g]
+            cuda.syncthreads()
+            for g in range(G):
+                base = o_red + g * nt + tid - lane
+                s = buf[base]
+                for k in range(1, width):   # same order on every lane
+                    s += buf[base + k]
+                vals[g] = s
+            cuda.syncthreads()
+    return warp_allsum
+
+
+def rows_per_warp():
+    """G, the attended positions a warp scores per round (``_config.CUDA_ROWS_PER_WARP``)."""
+    G = _config.CUDA_ROWS_PER_WARP
+    if not isinstance(G, int) or not 1 <= G <= 32:
+        raise ValueError(f"fastsarnn._config.CUDA_ROWS_PER_WARP must be an integer in "
+                         f"[1, 32]; got {G!r}")
+    return G
+
+
+def block_geometry(H, Ha, D, dtype, shuffles, G):
+    """(threads per block, scratch elements, scratch in global memory?) for a model.
+
+    Threads: ``_config.CUDA_BLOCK_SIZE``, halved (not below a warp) while the shared
+    scratch exceeds ``_config.CUDA_SHARED_BYTES``; if it still does, the scratch goes to a
+    global buffer of the same layout.
+    """
+    nt = _config.CUDA_BLOCK_SIZE
+    if not isinstance(nt, int) or nt < 2 or nt > 1024 or nt & (nt - 1):
+        raise ValueError(f"fastsarnn._config.CUDA_BLOCK_SIZE must be a power of two in "
+                         f"[2, 1024]; got {nt!r}")
+    itemsize = np.dtype(dtype).itemsize
+    limit = int(_config.CUDA_SHARED_BYTES)
+    while True:
+        n = scratch_elements(H, Ha, D, nt, shuffles, G)
+        if n * itemsize <= limit or nt <= WARP:
+            break
+        nt //= 2
+    return nt, n, n * itemsize > limit
+
+
+def scratch_elements(H, Ha, D, nt, shuffles, G):
+    """Scratch layout of one block (the kernel computes the same offsets):
+    h (H), c (H), q (max(H, Ha)), x_t (D), per-warp accumulators (NW*H), m (NW), l (NW),
+    matrix-vector partials (2*max(nt, H, Ha)), and without shuffles the warp-reduce slots
+    (G*nt)."""
+    nw = nt // min(nt, WARP)
+    return (2 * H + max(H, Ha) + D + nw * H + 2 * nw + 2 * max(nt, H, Ha)
+            + (0 if shuffles else G * nt))
+
+
+_KERNELS = {}
+_KERNEL_LOCK = threading.Lock()
+
+
+def _sequence_kernel(dtype, shuffles, global_scratch, G):
+    """The sequence kernel for a dtype, warp-reduce flavour, scratch placement and G."""
+    key = (np.dtype(dtype).name, shuffles, global_scratch, G)
+    with _KERNEL_LOCK:
+        kern = _KERNELS.get(key)
+        if kern is None:
+            kern = _KERNELS[key] = _build_sequence_kernel(*key)
+    return kern
+
+
+def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G):
+    tp = numba.float32 if dtype_name == "float32" else numba.float64
+    warp_allsum = _make_warp_allsum(shuffles, G)
+
+    @cuda.jit(device=True)
+    def run_sequence(b, W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score, recurrence,
+                     window, inline_proj, x, lengths, hist, keys, hs, cs, positions, out_h,
+                     out_c, attn, want_attn, compact, buf):
+        """Block ``b`` runs sequence ``b`` for ``lengths[b]`` steps (module docstring).
+
+        Invariant at the top of step r: ``buf[o_h:o_h+H]``, ``buf[o_c:o_c+H]`` hold
+        ``h_{t-1}``, ``c_{t-1}``; history (and key) slots of every position before ``p``
+        that is still attended are written.
         """
-        red = cuda.shared.array(MAX_BLOCK, numba.float64)
-        b = cuda.blockIdx.x
         tid = cuda.threadIdx.x
-        nthr = cuda.blockDim.x
-        if b >= x.shape[0]:
-            return
-        H = W_x.shape[0]
-        D = W_x.shape[1]
-        Ha = W_k.shape[0]
+        NT = cuda.blockDim.x
+        W = NT if NT < WARP else WARP
+        lane = tid % W
+        warp = tid // W
+        NW = NT // W
+        D = W_xT.shape[0]
+        H = W_cT.shape[0]
+        Ha = W_kT.shape[1]
         keyed = score >= 3
         kdim = Ha if keyed else H
+        PW = NT
+        if H > PW:
+            PW = H
+        if Ha > PW:
+            PW = Ha
+        o_h = 0
+        o_c = H
+        o_q = 2 * H
+        o_x = o_q + (Ha if Ha > H else H)
+        o_acc = o_x + D
+        o_m = o_acc + NW * H
+        o_l = o_m + NW
+        o_part = o_l + NW
+        o_red = o_part + 2 * PW
+        zero = tp(0.0)
+        neg_inf = tp(-math.inf)
+        e_grp = cuda.local.array(G, tp)
+        inv_sqrt_h = tp(1.0 / math.sqrt(H))
         L = lengths[b]
         pos0 = positions[b]
-        inv_sqrt_h = 1.0 / math.sqrt(H)
+        for j in range(tid, H, NT):
+            buf[o_h + j] = hs[b, j]
+            buf[o_c + j] = cs[b, j]
+        cuda.syncthreads()
+        KS = NT // H if H < NT else 1            # parts of the k range, update
+        chunk = (H + KS - 1) // KS
+        KQ = NT // kdim if kdim < NT else 1      # parts of the k range, key/query
+        chunkq = (H + KQ - 1) // KQ
         for r in range(L):
             p = pos0 + r
             slot = p % window if window > 0 else p
-            # (1) h_t = tanh(W_x x_t + b + W_c c_{t-1} [+ W_h h_{t-1}]), appended
-            for j in range(tid, H, nthr):
-                s = bias[j]
-                for k in range(D):
-                    s += W_x[j, k] * x[b, r, k]
-                for k in range(H):
-                    s += W_c[j, k] * (cs[b, k] if r == 0 else out_c[b, r - 1, k])
+            if inline_proj:
+                for k in range(tid, D, NT):
+                    buf[o_x + k] = x[b, r, k]
+            # (1) partials of W_c c_{t-1} [+ W_h h_{t-1}] over k in part g's slice
+            for idx in range(tid, KS * H, NT):
+                g = idx // H
+                j = idx - g * H
+                k1 = min(H, (g + 1) * chunk)
+                s = zero
+                for k in range(g * chunk, k1):
+                    s += W_cT[k, j] * buf[o_c + k]
                 if recurrence == 1:
-                    for k in range(H):
-                        s += W_h[j, k] * (hs[b, k] if r == 0 else out_h[b, r - 1, k])
+                    for k in range(g * chunk, k1):
+                        s += W_hT[k, j] * buf[o_h + k]
+                buf[o_part + idx] = s
+            cuda.syncthreads()
+            for j in range(tid, H, NT):
+                if inline_proj:
+                    s = bias[j]
+                    for k in range(D):
+                        s += W_xT[k, j] * buf[o_x + k]
+                else:
+                    s = out_h[b, r, j]                       # W_x x_t + b, projected
+                for g in range(KS):
+                    s += buf[o_part + g * H + j]
                 hv = math.tanh(s)
+                buf[o_h + j] = hv
                 out_h[b, r, j] = hv
                 hist[b, slot, j] = hv
             cuda.syncthreads()
-            # (2) key and query
-            for a in range(tid, kdim, nthr):
-                if keyed:
-                    sk = W_k[a, 0] * 0
-                    sq = W_q[a, 0] * 0
-                    for k in range(H):
-                        hk = out_h[b, r, k]
-                        sk += W_k[a, k] * hk
-                        sq += W_q[a, k] * hk
-                    keys[b, slot, a] = sk
-                    qbuf[b, a] = sq
-                elif score == 2:
-                    sq = W_s[a, 0] * 0
-                    for k in range(H):
-                        sq += W_s[a, k] * out_h[b, r, k]
-                    qbuf[b, a] = sq
-                elif score == 1:
-                    qbuf[b, a] = out_h[b, r, a] * inv_sqrt_h
-                else:
-                    qbuf[b, a] = out_h[b, r, a]
+            # (2) query (and key, appended to the key cache)
+            if score >= 2:
+                for idx in range(tid, KQ * kdim, NT):
+                    g = idx // kdim
+                    a = idx - g * kdim
+                    k1 = min(H, (g + 1) * chunkq)
+                    sq = zero
+                    sk = zero
+                    if keyed:
+                        for k in range(g * chunkq, k1):
+                            hk = buf[o_h + k]
+                            sk += W_kT[k, a] * hk
+                            sq += W_qT[k, a] * hk
+                    else:
+                        for k in range(g * chunkq, k1):
+                            sq += W_sT[k, a] * buf[o_h + k]
+                    buf[o_part + idx] = sq
+                    buf[o_part + PW + idx] = sk
+                cuda.syncthreads()
+                for a in range(tid, kdim, NT):
+                    sq = zero
+                    sk = zero
+                    for g in range(KQ):
+                        sq += buf[o_part + g * kdim + a]
+                        sk += buf[o_part + PW + g * kdim + a]
+                    buf[o_q + a] = sq
+                    if keyed:
+                        keys[b, slot, a] = sk
+            else:
+                for a in range(tid, H, NT):
+                    buf[o_q + a] = buf[o_h + a] * inv_sqrt_h if score == 1 else buf[o_h + a]
             cuda.syncthreads()
-            # (3) scores of S_t = {first .. p}; block max
+            # (3) warp w attends positions in groups of G: group it*NW + w holds positions
+            # first + (it*NW + w)*G + g, g < G (G rows in flight per warp); lanes own
+            # dimensions; online softmax per warp.
             first = p - window + 1 if (window > 0 and p - window + 1 > 0) else 0
             n = p - first + 1
-            local_max = -math.inf
-            for i in range(tid, n, nthr):
-                pi = first + i
-                sl = pi % window if window > 0 else pi
-                e = qbuf[b, 0] * 0
-                if score == 4:
-                    for a in range(Ha):
-                        e += v[a] * math.tanh(keys[b, sl, a] + qbuf[b, a])
-                elif keyed:
-                    for a in range(Ha):
-                        e += keys[b, sl, a] * qbuf[b, a]
-                else:
-                    for k in range(H):
-                        e += hist[b, sl, k] * qbuf[b, k]
-                ebuf[b, i] = e
-                if e > local_max:
-                    local_max = e
-            red[tid] = local_max
+            for d in range(lane, H, W):
+                buf[o_acc + warp * H + d] = zero
+            m = neg_inf
+            l = zero
+            for it in range((n + NW * G - 1) // (NW * G)):   # the same count on every thread
+                i0 = (it * NW + warp) * G
+                for g in range(G):
+                    i = i0 + g
+                    sl = first + i
+                    if window > 0:
+                        sl = sl % window
+                    part = zero
+                    if i < n:
+                        if score == 4:
+                            for a in range(lane, Ha, W):
+                                part += v[a] * math.tanh(keys[b, sl, a] + buf[o_q + a])
+                        elif keyed:
+                            for a in range(lane, Ha, W):
+                                part += keys[b, sl, a] * buf[o_q + a]
+                        else:
+                            for d in range(lane, H, W):
+                                part += hist[b, sl, d] * buf[o_q + d]
+                    e_grp[g] = part
+                warp_allsum(e_grp, lane, W, buf, o_red, tid)
+                if i0 < n:
+                    cnt = min(G, n - i0)
+                    if want_attn and lane == 0:       # raw scores; normalised in (4)
+                        for g in range(cnt):
+                            i = i0 + g
+                            attn[b, r, i if compact else first + i] = e_grp[g]
+                    m_new = m
+                    for g in range(cnt):
+                        if e_grp[g] > m_new:
+                            m_new = e_grp[g]
+                    scale = math.exp(m - m_new)              # exponent <= 0; e^-inf = 0
+                    l = l * scale
+                    for g in range(cnt):
+                        e_grp[g] = math.exp(e_grp[g] - m_new)   # weight, exponent <= 0
+                        l += e_grp[g]
+                    for d in range(lane, H, W):
+                        acc = buf[o_acc + warp * H + d] * scale
+                        for g in range(cnt):
+                            sl = first + i0 + g
+                            if window > 0:
+                                sl = sl % window
+                            acc += e_grp[g] * hist[b, sl, d]
+                        buf[o_acc + warp * H + d] = acc
+                    m = m_new
+            if lane == 0:
+                buf[o_m + warp] = m
+                buf[o_l + warp] = l
             cuda.syncthreads()
-            step = nthr // 2
-            while step > 0:
-                if tid < step and red[tid + step] > red[tid]:
-                    red[tid] = red[tid + step]
-                cuda.syncthreads()
-                step //= 2
-            m = red[0]
-            cuda.syncthreads()
-            # (4) numerators and their sum l
-            local_sum = 0.0
-            for i in range(tid, n, nthr):
-                ex = math.exp(ebuf[b, i] - m)
-                ebuf[b, i] = ex
-                local_sum += ex
-            red[tid] = local_sum
-            cuda.syncthreads()
-            step = nthr // 2
-            while step > 0:
-                if tid < step:
-                    red[tid] += red[tid + step]
-                cuda.syncthreads()
-                step //= 2
-            inv_l = 1.0 / red[0]
-            # (5) c_t[j] = sum_i alpha_i h_i[j]; attention row
-            for j in range(tid, H, nthr):
-                acc = 0.0
-                for i in range(n):
-                    pi = first + i
-                    sl = pi % window if window > 0 else pi
-                    acc += ebuf[b, i] * hist[b, sl, j]
-                out_c[b, r, j] = acc * inv_l
+            # (4) merge the warps: M = max m_w, l = sum l_w e^(m_w - M)
+            M = buf[o_m]
+            for w in range(1, NW):
+                if buf[o_m + w] > M:
+                    M = buf[o_m + w]
+            lsum = zero
+            for w in range(NW):
+                lsum += buf[o_l + w] * math.exp(buf[o_m + w] - M)
+            inv_l = tp(1.0) / lsum
+            for j in range(tid, H, NT):
+                acc = zero
+                for w in range(NW):
+                    acc += buf[o_acc + w * H + j] * math.exp(buf[o_m + w] - M)
+                cv = acc * inv_l
+                buf[o_c + j] = cv
+                out_c[b, r, j] = cv
             if want_attn:
-                for i in range(tid, n, nthr):
-                    attn[b, r, first + i] = ebuf[b, i] * inv_l
+                for i in range(tid, n, NT):
+                    col = i if compact else first + i
+                    attn[b, r, col] = math.exp(attn[b, r, col] - M) * inv_l
             cuda.syncthreads()
         if L > 0:
-            for j in range(tid, H, nthr):
-                hs[b, j] = out_h[b, L - 1, j]
-                cs[b, j] = out_c[b, L - 1, j]
+            for j in range(tid, H, NT):
+                hs[b, j] = buf[o_h + j]
+                cs[b, j] = buf[o_c + j]
             if tid == 0:
                 positions[b] = pos0 + L
+
+    if global_scratch:
+        @cuda.jit
+        def sequence_kernel(W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score, recurrence,
+                            window, inline_proj, x, lengths, hist, keys, hs, cs, positions,
+                            out_h, out_c, attn, want_attn, compact, scratch):
+            b = cuda.blockIdx.x
+            if b < x.shape[0]:
+                run_sequence(b, W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score,
+                             recurrence, window, inline_proj, x, lengths, hist, keys, hs, cs,
+                             positions, out_h, out_c, attn, want_attn, compact, scratch[b])
+    else:
+        @cuda.jit
+        def sequence_kernel(W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score, recurrence,
+                            window, inline_proj, x, lengths, hist, keys, hs, cs, positions,
+                            out_h, out_c, attn, want_attn, compact, scratch):
+            b = cuda.blockIdx.x
+            buf = cuda.shared.array(0, tp)
+            if b < x.shape[0]:
+                run_sequence(b, W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score,
+                             recurrence, window, inline_proj, x, lengths, hist, keys, hs, cs,
+                             positions, out_h, out_c, attn, want_attn, compact, buf)
+    return sequence_kernel
+
+
+if _IMPORT_ERROR is None:
+    @cuda.jit
+    def _project_kernel(W_xT, bias, x, lengths, out_h, out_c):
+        """out_h[b, t] = W_x x[b, t] + b for t < lengths[b]; out_h, out_c = 0 elsewhere.
+
+        One thread per (b, t, j); neighbouring threads read neighbouring words of W_x^T.
+        """
+        i = cuda.grid(1)
+        B, T, H = out_h.shape
+        D = W_xT.shape[0]
+        if i < B * T * H and x.shape[0] == B and x.shape[1] == T and x.shape[2] == D:
+            j = i % H
+            t = (i // H) % T
+            b = i // (H * T)
+            if t < lengths[b]:
+                s = bias[j]
+                for k in range(D):
+                    s += W_xT[k, j] * x[b, t, k]
+                out_h[b, t, j] = s
+            else:
+                out_h[b, t, j] = 0
+                out_c[b, t, j] = 0
+
+    @cuda.jit
+    def _fill_zero_kernel(flat):
+        i = cuda.grid(1)
+        if i < flat.shape[0]:
+            flat[i] = 0
 
     @cuda.jit
     def _nonfinite_kernel(x, lengths, first_bad):
@@ -174,22 +466,44 @@ if _IMPORT_ERROR is None:
             if t < lengths[b] and not math.isfinite(x[b, t, i % D]):
                 cuda.atomic.min(first_bad, 0, i)
 
+    @cuda.jit
+    def _probe_kernel(out):
+        i = cuda.grid(1)
+        if i < out.shape[0]:
+            out[i] = 2 * i + 1
+
+
+# -- availability: a tiny kernel must compile and run in this process ----------------------
+_PROBE = None
+
 
 def availability():
+    """``(True, None)`` once a tiny kernel compiled and ran here (cached), else the reason."""
+    global _PROBE
     if _IMPORT_ERROR is not None:
         return False, _IMPORT_ERROR
+    if _PROBE is None:
+        _PROBE = _probe()
+    return _PROBE
+
+
+def _probe():
     try:
-        ok = cuda.is_available()
-    except Exception as exc:  # driver problems surface here
-        return False, f"CUDA driver error: {exc}"
-    if not ok:
-        return False, ("no usable CUDA GPU or driver (numba.cuda.is_available() is False); "
-                       "set NUMBA_ENABLE_CUDASIM=1 for the simulator")
+        if not SIMULATOR and not cuda.is_available():
+            return False, ("no usable CUDA GPU or driver (numba.cuda.is_available() is "
+                           "False); set NUMBA_ENABLE_CUDASIM=1 for the simulator")
+        out = cuda.device_array(4, dtype=np.int64)
+        _probe_kernel[1, 4](out)
+        got = out.copy_to_host()
+        if got.tolist() != [1, 3, 5, 7]:
+            return False, f"a test kernel ran but returned {got.tolist()}, not [1, 3, 5, 7]"
+    except Exception as exc:   # driver, toolkit or numba-cuda/NumPy incompatibility
+        return False, f"a test kernel failed to compile or run: {type(exc).__name__}: {exc}"
     return True, None
 
 
 def describe():
-    if cuda.simulator_enabled if hasattr(cuda, "simulator_enabled") else False:
+    if SIMULATOR:
         return "CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
     try:
         dev = cuda.get_current_device()
@@ -215,8 +529,18 @@ def contiguous(x):
     raise ValueError("device input x must be C-contiguous")
 
 
+def _fill_zero(arr):
+    n = arr.size
+    if n:
+        threads = 256
+        _fill_zero_kernel[(n + threads - 1) // threads, threads](arr.reshape(n))
+
+
 def zeros(shape, dtype):
-    return cuda.to_device(np.zeros(shape, dtype=dtype))
+    """A new device array of zeros (allocated on the device, filled by a kernel)."""
+    arr = cuda.device_array(shape, dtype=dtype)
+    _fill_zero(arr)
+    return arr
 
 
 def to_device(arr):
@@ -239,86 +563,206 @@ def first_nonfinite(x, lengths):
     return tuple(int(k) for k in np.unravel_index(i, (B, T, D)))
 
 
-# -- weights and state on the device ---------------------------------------------------------
+# -- buffers: weights (per model), workspace (per model), state (per state) ----------------
+def _mapped(shape, dtype):
+    """(host view, kernel argument) of pinned host memory the device addresses directly.
+
+    On the simulator a NumPy array is both (the simulator copies kernel arguments in and
+    back, which a kernel cannot tell from mapped memory).
+    """
+    if SIMULATOR:
+        arr = np.zeros(shape, dtype=dtype)
+        return arr, arr
+    m = cuda.mapped_array(shape, dtype=dtype)
+    host = m.view(np.ndarray)
+    host[...] = 0
+    return host, m
+
+
 def _device_weights(p):
+    """Weights on the device, matrices transposed (``W^T[k, j]``: coalesced by ``j``)."""
     got = p.cache.get(NAME)
     if got is None:
-        dummy = np.zeros((1, 1), dtype=p.dtype)
-        got = {}
-        for name in ("W_x", "W_c", "b", "W_h", "W_s", "W_k", "W_q", "v"):
-            arr = getattr(p, name)
-            if arr.size == 0:
-                arr = dummy if arr.ndim == 2 else dummy[0]
-            got[name] = cuda.to_device(np.ascontiguousarray(arr))
-        p.cache[NAME] = got
+        with _KERNEL_LOCK:
+            got = p.cache.get(NAME)
+            if got is None:
+                got = p.cache[NAME] = _upload_weights(p)
     return got
 
 
-def _sync_host(state):
-    dev = state._cache.get(NAME)
-    if dev is not None and dev["device_newer"]:
-        dev["hist"].copy_to_host(state.hist)
-        if state.keys is not None:
-            dev["keys"].copy_to_host(state.keys)
-        dev["device_newer"] = False
+def _upload_weights(p):
+    """Device copies of the weights (transposed), the model's lock and workspace."""
+    dummy = np.zeros((1, 1), dtype=p.dtype)
+    got = {}
+    for name in ("W_x", "W_c", "W_h", "W_s", "W_k", "W_q"):
+        arr = getattr(p, name)
+        got[name] = cuda.to_device(np.ascontiguousarray(arr.T if arr.size else dummy))
+    for name in ("b", "v"):
+        arr = getattr(p, name)
+        got[name] = cuda.to_device(np.ascontiguousarray(arr if arr.size else dummy[0]))
+    got["lock"] = threading.Lock()     # one launch sequence at a time per workspace
+    got["work"] = {}
+    got["none"] = cuda.device_array((1, 1, 1), dtype=p.dtype)     # absent buffers
+    got["none2"] = cuda.device_array((1, 1), dtype=p.dtype)
+    return got
 
 
-def _device_state(state, dtype):
-    """Device copies of the state's buffers, uploaded when the host changed since."""
-    dev = state._cache.get(NAME)
-    if (dev is None or dev["host_version"] != state._host_version
-            or dev["hist"].shape != state.hist.shape):
-        keys = state.keys if state.keys is not None else np.zeros(
-            (state.batch_size, 1, 1), dtype=dtype)
-        dev = {"hist": cuda.to_device(state.hist), "keys": cuda.to_device(keys),
-               "h": cuda.to_device(state.h), "c": cuda.to_device(state.c),
-               "positions": cuda.to_device(state.positions),
-               "host_version": state._host_version, "device_newer": False}
-        state._cache[NAME] = dev
-        state._cache["sync_host"] = _sync_host
-    return dev
+def _workspace(w, name, shape, dtype):
+    """A device array of ``shape`` from the model's workspace buffer ``name``, grown
+    geometrically (no device allocation once it is large enough)."""
+    n = int(np.prod(shape, dtype=np.int64))
+    buf = w["work"].get(name)
+    if buf is None or buf.size < n:
+        size = max(n, 2 * (0 if buf is None else buf.size), 1)
+        buf = w["work"][name] = cuda.device_array(size, dtype=dtype)
+    return buf[:n].reshape(shape)
 
 
-def _launch(p, d_x, lengths, state, d_out_h, d_out_c, d_attn):
-    B = d_x.shape[0]
-    w = _device_weights(p)
-    dev = _device_state(state, p.dtype)
-    block = int(_config.CUDA_BLOCK_SIZE)
-    if block < 2 or block > MAX_BLOCK or block & (block - 1):
-        raise ValueError(f"fastsarnn._config.CUDA_BLOCK_SIZE must be a power of two in "
-                         f"[2, {MAX_BLOCK}]; got {block}")
-    n_max = int(p.window) if p.window else int((state.positions + lengths).max())
-    qbuf = cuda.device_array((B, max(p.H, p.Ha)), dtype=p.dtype)
-    ebuf = cuda.device_array((B, max(n_max, 1)), dtype=p.dtype)
+def _mapped_workspace(w, name, shape, dtype):
+    """(host view, kernel argument) of mapped memory of exactly ``shape``, kept per shape
+    (small buffers only: a mapped array is never sliced, its views lose the device
+    pointer)."""
+    key = (name, tuple(shape))
+    got = w["work"].get(key)
+    if got is None:
+        got = w["work"][key] = _mapped(shape, dtype)
+    return got
+
+
+def _upload(dev, host):
+    dev.copy_to_device(host)
+
+
+def _download(dev, host):
+    dev.copy_to_host(host)
+
+
+def _device_state(state, w, dtype):
+    """The state's device buffers ``(hist, keys or None, (h, c, positions))``.
+
+    History and keys: the state's device copy, kept current by the state's protocol
+    (:meth:`~fastsarnn.state.State._device_history`). ``h``, ``c``, ``positions``: moved
+    once into mapped host memory (values kept; the state's attributes then name the mapped
+    arrays), so the kernel reads and writes what the user sees. A scratch state (made by
+    ``forward`` for one call) uses the model's reusable workspace instead.
+    """
+    B, H = state.h.shape
+    if state._scratch:
+        hist = _workspace(w, "hist", state._hist.shape, dtype)
+        keys = (None if state._keys is None else
+                _workspace(w, "keys", state._keys.shape, dtype))
+        (h, h_arg), (c, c_arg), (pos, pos_arg) = (
+            _mapped_workspace(w, "h", (B, H), dtype), _mapped_workspace(w, "c", (B, H), dtype),
+            _mapped_workspace(w, "positions", (B,), np.int64))
+        for arr in (h, c, pos):
+            arr[...] = 0
+        state.h, state.c, state.positions = h, c, pos
+        return hist, keys, (h_arg, c_arg, pos_arg)
+    hist, keys = state._device_history(NAME, zeros, _upload, _download)
+    small = state._cache.get(NAME)
+    if small is None or small["views"] != (id(state.h), id(state.c), id(state.positions)):
+        h, h_arg = _mapped((B, H), dtype)
+        c, c_arg = _mapped((B, H), dtype)
+        pos, pos_arg = _mapped((B,), np.int64)
+        h[...] = state.h
+        c[...] = state.c
+        pos[...] = state.positions
+        state.h, state.c, state.positions = h, c, pos
+        small = state._cache[NAME] = {"views": (id(h), id(c), id(pos)),
+                                      "args": (h_arg, c_arg, pos_arg), "keep": (h, c, pos)}
+    return hist, keys, small["args"]
+
+
+def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, inline):
+    """Checks, then the projection (unless ``inline``) and the sequence kernel."""
+    B, T, D = d_x.shape
+    H = p.H
+    shuffles = use_shuffles()
+    G = rows_per_warp()
+    nt, nscratch, global_scratch = block_geometry(H, p.Ha, D, p.dtype, shuffles, G)
+    # the sizes every index of the kernels relies on
+    if (d_out_h.shape != (B, T, H) or d_out_c.shape != (B, T, H) or D != p.D
+            or d_len.shape != (B,) or state.batch_size != B):
+        raise ValueError(f"cuda kernel: inconsistent shapes x {d_x.shape}, out_h "
+                         f"{d_out_h.shape}, out_c {d_out_c.shape}, lengths {d_len.shape}, "
+                         f"state batch {state.batch_size}, model D={p.D} H={H}")
+    if state._window is None and int((state.positions + lens).max()) > state.capacity:
+        raise ValueError("cuda kernel: the state's capacity does not fit the new positions")
     want = d_attn is not None
-    if not want:
-        d_attn = cuda.device_array((B, 1, 1), dtype=p.dtype)
-    _forward_kernel[B, block](w["W_x"], w["W_c"], w["b"], w["W_h"], w["W_s"], w["W_k"],
-                              w["W_q"], w["v"], p.score_code, p.recurrence_code,
-                              p.window or 0, d_x, cuda.to_device(lengths), dev["hist"],
-                              dev["keys"], dev["h"], dev["c"], dev["positions"], d_out_h,
-                              d_out_c, d_attn, want, qbuf, ebuf)
-    # small state parts back to the host; the history stays on the device
-    dev["positions"].copy_to_host(state.positions)
-    dev["h"].copy_to_host(state.h)
-    dev["c"].copy_to_host(state.c)
-    dev["device_newer"] = True
+    if want:
+        ncol = int(p.window) if compact else int(state.positions.max()) + T
+        if d_attn.shape != (B, T, ncol):
+            raise ValueError(f"cuda kernel: attention buffer has shape {d_attn.shape}; "
+                             f"expected {(B, T, ncol)}")
+    else:
+        d_attn = w["none"]
+    hist, keys, (h_arg, c_arg, pos_arg) = _device_state(state, w, p.dtype)
+    if keys is None:
+        keys = w["none"]
+    scratch = (_workspace(w, "scratch", (B, nscratch), p.dtype) if global_scratch
+               else w["none2"])
+    if not inline:
+        n = B * T * H
+        threads = 256
+        _project_kernel[(n + threads - 1) // threads, threads](
+            w["W_x"], w["b"], d_x, d_len, d_out_h, d_out_c)
+    kern = _sequence_kernel(p.dtype, shuffles, global_scratch, G)
+    shared_bytes = 0 if global_scratch else nscratch * np.dtype(p.dtype).itemsize
+    kern[B, nt, 0, shared_bytes](
+        w["W_x"], w["W_c"], w["b"], w["W_h"], w["W_s"], w["W_k"], w["W_q"], w["v"],
+        p.score_code, p.recurrence_code, p.window or 0, inline, d_x, d_len, hist, keys,
+        h_arg, c_arg, pos_arg, d_out_h, d_out_c, d_attn, want, compact, scratch)
+    cuda.synchronize()
+    if not state._scratch:
+        state._device_wrote(NAME)
 
 
-def forward(p, x, lengths, state, out_h, out_c, out_attn, num_threads=None):
-    if is_device_array(out_h):   # device in, device out: write in place
-        _launch(p, x, lengths, state, out_h, out_c, out_attn)
-        return
-    d_h, d_c = cuda.to_device(out_h), cuda.to_device(out_c)
-    d_attn = None if out_attn is None else cuda.to_device(out_attn)
-    _launch(p, cuda.to_device(x), lengths, state, d_h, d_c, d_attn)
-    d_h.copy_to_host(out_h)
-    d_c.copy_to_host(out_c)
-    if out_attn is not None:
-        d_attn.copy_to_host(out_attn)
+def forward(p, x, lengths, state, out_h, out_c, out_attn, num_threads=None,
+            compact_attention=False):
+    """Backend ``forward`` (see :mod:`fastsarnn.backends`): device arrays are used in
+    place; host arrays go through the model's device workspace (no allocation once grown).
+    """
+    w = _device_weights(p)
+    with w["lock"]:
+        B, T, D = x.shape
+        len_host, len_arg = _mapped_workspace(w, "lengths", (B,), np.int64)
+        len_host[...] = lengths
+        if is_device_array(out_h):   # device in, device out: write in place
+            _launch(p, w, x, lengths, len_arg, state, out_h, out_c, out_attn, compact_attention,
+                    False)
+            return
+        d_x = _workspace(w, "x", (B, T, D), p.dtype)
+        d_x.copy_to_device(x)
+        d_h = _workspace(w, "out_h", out_h.shape, p.dtype)
+        d_c = _workspace(w, "out_c", out_c.shape, p.dtype)
+        d_attn = None
+        if out_attn is not None:
+            d_attn = _workspace(w, "attn", out_attn.shape, p.dtype)
+            _fill_zero(d_attn)
+        _launch(p, w, d_x, lengths, len_arg, state, d_h, d_c, d_attn, compact_attention, False)
+        d_h.copy_to_host(out_h)
+        d_c.copy_to_host(out_c)
+        if out_attn is not None:
+            d_attn.copy_to_host(out_attn)
 
 
 def step(p, x, active, state, out_h, out_c, num_threads=None):
-    B = x.shape[0]
-    forward(p, x.reshape(B, 1, x.shape[1]), active.astype(np.int64), state,
-            out_h.reshape(B, 1, out_h.shape[1]), out_c.reshape(B, 1, out_c.shape[1]), None)
+    """One launch per token: x_t and ``active`` go through mapped (pinned) host buffers
+    owned by the state, the projection runs inside the kernel, h_t and c_t come back in
+    the state's mapped ``h``/``c``."""
+    w = _device_weights(p)
+    with w["lock"]:
+        B, D = x.shape
+        stage = state._cache.get(NAME + ":step")
+        if stage is None or stage["x"][0].shape != (B, 1, D):
+            stage = state._cache[NAME + ":step"] = {
+                "x": _mapped((B, 1, D), p.dtype), "len": _mapped((B,), np.int64),
+                "h": cuda.device_array((B, 1, p.H), dtype=p.dtype),
+                "c": cuda.device_array((B, 1, p.H), dtype=p.dtype)}
+        stage["x"][0][:, 0, :] = x
+        stage["len"][0][...] = active
+        _launch(p, w, stage["x"][1], stage["len"][0], stage["len"][1], state, stage["h"], stage["c"], None,
+                False, True)
+    rows = active[:, None]
+    np.copyto(out_h, state.h, where=rows)
+    np.copyto(out_c, state.c, where=rows)

@@ -1,0 +1,72 @@
+"""Compile every CUDA kernel of fastsarnn to PTX for a GPU target, on a machine without a GPU.
+
+The CUDA simulator runs the kernels as Python, so it never types or compiles them; this
+script runs Numba's real CUDA compiler (type inference, NVVM) on every kernel variant
+(float32/float64, shuffles/shared-memory warp reduce, shared/global scratch) and reports
+any float64 arithmetic left in the float32 kernel. It needs NVVM, which the CUDA wheels
+bring, for example (about 320 MB, into a scratch folder):
+
+    pip install --target /tmp/cu13 --no-deps nvidia-nvvm==13.5.37 nvidia-cuda-nvrtc==13.5.37 \
+        nvidia-cuda-runtime==13.5.37
+    LD_LIBRARY_PATH=/tmp/cu13/nvidia/cu13/lib PYTHONPATH=/tmp/cu13 \
+        python benchmarks/cuda_compile_check.py [--cc 9.0]
+"""
+
+import argparse
+import re
+import sys
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cc", default="9.0", help="compute capability to compile for")
+    args = ap.parse_args(argv)
+    cc = tuple(int(v) for v in args.cc.split("."))
+
+    from numba import cuda, types as t
+    import numba.cuda.dispatcher as dispatcher
+    from fastsarnn.backends import cuda as be
+
+    class TargetDevice:   # device functions ask the current device for its target
+        compute_capability = cc
+
+    dispatcher.get_current_device = lambda: TargetDevice()
+    failures = 0
+    for dtype in ("float32", "float64"):
+        f = t.float32 if dtype == "float32" else t.float64
+        A1, A2, A3 = (t.Array(f, n, "C") for n in (1, 2, 3))
+        I1 = t.Array(t.int64, 1, "C")
+        seq_sig = (A2, A2, A1, A2, A2, A2, A2, A1, t.int64, t.int64, t.int64, t.boolean, A3,
+                   I1, A3, A3, A2, A2, I1, A3, A3, A3, t.boolean, t.boolean, A2)
+        for shuffles in (True, False):
+            for global_scratch in (False, True):
+                name = f"sequence {dtype} shuffles={shuffles} global_scratch={global_scratch}"
+                kern = be._build_sequence_kernel(dtype, shuffles, global_scratch,
+                                                 be.rows_per_warp())
+                try:
+                    ptx, _ = cuda.compile_ptx(kern.py_func, seq_sig, cc=cc)
+                except Exception as exc:
+                    failures += 1
+                    print(f"FAIL {name}: {type(exc).__name__}: {exc}")
+                    continue
+                # float64 instructions other than the one-off constant 1/sqrt(H)
+                f64 = [ln.split()[0] for ln in ptx.splitlines()
+                       if re.match(r"\s*[a-z]", ln) and ".f64" in ln.split()[0]]
+                extra = [op for op in f64 if not op.startswith(("cvt.", "sqrt.", "rcp."))]
+                ok = dtype == "float64" or not extra
+                failures += not ok
+                print(f"{'ok  ' if ok else 'FAIL'} {name}: {len(ptx)} bytes of PTX, "
+                      f"shfl={'shfl.sync' in ptx}, f64 ops={sorted(set(f64))[:6]}")
+        small = ((be._project_kernel, (A2, A1, A3, I1, A3, A3)), (be._fill_zero_kernel, (A1,)),
+                 (be._nonfinite_kernel, (A3, I1, I1)))
+        for kern, sig in small:
+            cuda.compile_ptx(kern.py_func, sig, cc=cc)
+            print(f"ok   {kern.py_func.__name__} {dtype}")
+    cuda.compile_ptx(be._probe_kernel.py_func, (t.Array(t.int64, 1, "C"),), cc=cc)
+    print("ok   _probe_kernel")
+    print(f"{failures} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One-command GPU check of the "cuda" backend (issue 13), on a machine with an NVIDIA GPU:
+#   1. the CUDA parity, error and hardening suites at the production block size
+#      (FASTSARNN_TEST_CUDA_BLOCK = fastsarnn._config.CUDA_BLOCK_SIZE);
+#   2. fastsarnn bench with the GPU peers: --backends cuda,torch-cuda,torch-cuda-graph,c,
+#      configurations S, M, L, step, XL.
+# It prints the suites' summary lines and the bench table, installs nothing from the
+# network and stays within 5 minutes (each part has its own time limit).
+#
+# Usage, from the repository root:
+#   bash benchmarks/gpu_check.sh          # on the GPU machine (python3 must have numba,
+#                                         # numba-cuda, numpy, torch, pytest, hypothesis)
+#   bash benchmarks/gpu_check.sh fetch    # on a machine with pip access: put the wheels
+#                                         # the GPU machine lacks (cffi, for the C backend)
+#                                         # into .whl/, to carry along
+# Environment: PYTHON (default python3); OUT (if set, the bench JSON and logs go there).
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PYTHON:-python3}
+TESTS_LIMIT=${FASTSARNN_GPU_TESTS_S:-160}
+BENCH_LIMIT=${FASTSARNN_GPU_BENCH_S:-90}
+
+if [ "${1:-}" = "fetch" ]; then   # wheels for CPython 3.12 on x86-64 Linux
+    cd "$ROOT"
+    EXCLUDE=$(git rev-parse --git-path info/exclude)
+    grep -qx '/.whl/' "$EXCLUDE" 2>/dev/null || echo '/.whl/' >> "$EXCLUDE"
+    exec "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d .whl cffi==2.0.0 pycparser==2.23
+fi
+
+START=$(date +%s)
+LOGS=${OUT:-$(mktemp -d)}
+mkdir -p "$LOGS"
+SITE=$(mktemp -d)
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+cd "$ROOT"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl
+fi
+"$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
+    --target "$SITE" . > "$LOGS/install.log" 2>&1 || { cat "$LOGS/install.log"; exit 1; }
+cd "$SITE"   # import the installed package, never the source tree
+"$PY" -m fastsarnn info
+PROD=$("$PY" -c "from fastsarnn import _config; print(_config.CUDA_BLOCK_SIZE)")
+
+echo "=== CUDA suites at the production block size ($PROD threads), limit ${TESTS_LIMIT}s"
+FASTSARNN_TEST_BACKENDS=cuda FASTSARNN_REQUIRE_BACKENDS=cuda FASTSARNN_TEST_CUDA_BLOCK=$PROD \
+    timeout "$TESTS_LIMIT" "$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" \
+    -c "$ROOT/pyproject.toml" "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_parity.py" \
+    "$ROOT/tests/test_equations.py" "$ROOT/tests/test_errors.py" \
+    "$ROOT/tests/test_hardening.py" -k "not million and not valgrind and not long_sequence" \
+    > "$LOGS/cuda_suites.log" 2>&1
+TESTS_RC=$?
+grep -E "^(FAILED|ERROR)|passed|failed|error" "$LOGS/cuda_suites.log" | tail -n 30
+if [ "$TESTS_RC" = 124 ]; then
+    tail -c 600 "$LOGS/cuda_suites.log"; echo
+    echo "(the suites ran past ${TESTS_LIMIT}s and were stopped; progress above)"
+fi
+
+echo "=== fastsarnn bench with the GPU peers, limit ${BENCH_LIMIT}s"
+timeout "$BENCH_LIMIT" "$PY" -m fastsarnn bench --backends cuda,torch-cuda,torch-cuda-graph,c \
+    --config S --config M --config L --config step --config XL --repeat 3 --no-progress \
+    --json "$LOGS/gpu_bench.json" 2>&1 | tee "$LOGS/bench.log"
+BENCH_RC=${PIPESTATUS[0]}
+[ "$BENCH_RC" = 124 ] && echo "(the bench ran past ${BENCH_LIMIT}s and was stopped)"
+
+echo "=== done in $(( $(date +%s) - START ))s: suites exit $TESTS_RC, bench exit $BENCH_RC;" \
+     "logs in $LOGS"
+[ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ]
