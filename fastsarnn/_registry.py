@@ -154,9 +154,25 @@ def get_backend(backend: str | None = None) -> str:
 
 
 def resolve(backend: str | None = None):
-    """The backend module for this call; raises if an explicit choice cannot run."""
-    name = get_backend(backend)
-    mod = _load(name)
-    if isinstance(mod, _UnavailableBackend):
+    """The backend module for this call; raises if an explicit choice cannot run.
+
+    The per-token path calls this once per step, so it is one pass: the setting, then the
+    loaded module (or, for ``"auto"``, the first available one).
+    """
+    if backend is None:
+        name = _context_choice.get() or _global_choice
+        if name is None:
+            env = os.environ.get(_config.ENV_BACKEND)
+            name = _check_name(env, f"backend in ${_config.ENV_BACKEND}") if env else "auto"
+    else:
+        name = _check_name(backend)
+    if name == "auto":
+        for cand in _config.AUTO_ORDER:
+            mod = _loaded.get(cand) or _load(cand)
+            if type(mod) is not _UnavailableBackend:
+                return mod
+        name = "numpy"
+    mod = _loaded.get(name) or _load(name)
+    if type(mod) is _UnavailableBackend:
         mod._raise()
     return mod

@@ -564,10 +564,10 @@ class SelfAttentionRNN:
         dt = self._dtype
         ready = type(x_t) is np.ndarray and x_t.dtype == dt and x_t.flags.c_contiguous
         B = state.batch_size
-        exp = f"({B}, {self._D})" + (f" or ({self._D},)" if B == 1 else "")
-        x = x_t if ready else _validate.real_array("x_t", x_t, exp)
+        x = x_t if ready else _validate.real_array("x_t", x_t, self._step_shape_text(B))
         one_d = x.ndim == 1
         if x.shape != ((self._D,) if one_d else (B, self._D)):
+            exp = self._step_shape_text(B)
             raise ValueError(f"x_t must have shape {exp} (state batch size {B}, input size "
                              f"D = {self._D}); got shape {_validate.shape_str(x.shape)}")
         if state._owner is not self or (one_d and B != 1):
@@ -604,7 +604,7 @@ class SelfAttentionRNN:
             state._sync_host()
         if B:
             need = (int(state.positions[0]) if B == 1 else int(state.positions.max())) + 1
-            if need > state.hist.shape[1]:
+            if need > state.capacity:
                 state._ensure_capacity(need)
         if out is None:
             out_h = np.zeros((H,) if one_d else (B, H), dtype=dt)
@@ -617,6 +617,10 @@ class SelfAttentionRNN:
             if not device:
                 state._host_changed()
         return out_h, out_c
+
+    def _step_shape_text(self, B):
+        """The shapes ``x_t`` may have, for messages."""
+        return f"({B}, {self._D})" + (f" or ({self._D},)" if B == 1 else "")
 
     def _check_step_out(self, out, shape):
         """``out=`` of :meth:`step`: two C-contiguous, writeable arrays of ``shape`` in the
@@ -657,7 +661,7 @@ class SelfAttentionRNN:
         1-D for B = 1) for this backend and the state's current buffers; prepared once
         (backends with ``prepare_step``) and reused while the buffers stay the same."""
         key = ("step", be.NAME)
-        bufs = (state.hist, state.keys, state.h, state.c, state.positions)
+        bufs = (state._hist, state._keys, state.h, state.c, state.positions)
         got = state._cache.get(key)
         if got is not None:
             old = got[0]

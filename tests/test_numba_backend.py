@@ -114,7 +114,10 @@ def _state_shrink(name, axis):
         arr = getattr(a["state"], name)
         shape = list(arr.shape)
         shape[axis] -= 1
-        setattr(a["state"], name, np.zeros(shape, arr.dtype))
+        # Past the public setter (which refuses another shape): the kernel's own checks
+        # are what is tested, against a state whose buffers no longer fit.
+        attr = "_" + name if name in ("hist", "keys") else name
+        setattr(a["state"], attr, np.zeros(shape, arr.dtype))
     return edit
 
 

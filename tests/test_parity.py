@@ -178,18 +178,6 @@ def test_num_threads(backend, num_threads):
 
 # -- compact windowed attention (return_attention="window") --------------------------------
 
-def _skip_until_the_kernel_has_the_flag(backend):
-    """The compact layout is each kernel's own code (a ``compact_attention`` flag of its
-    ``forward``). A kernel that does not take the flag yet is an expected failure, named as
-    such; once the flag exists the test runs in full."""
-    import inspect
-
-    from fastsarnn import _registry
-    params = inspect.signature(_registry.resolve(backend).forward).parameters
-    if "compact_attention" not in params:
-        pytest.xfail(f"the {backend!r} kernel has no compact_attention flag yet")
-
-
 def dense_to_compact(dense, positions):
     """The compact layout computed from the dense one and the positions (-1: zero)."""
     cols = np.where(positions >= 0, positions, 0)
@@ -200,7 +188,6 @@ def dense_to_compact(dense, positions):
 @pytest.mark.parametrize("window", [1, 3, 20])
 @pytest.mark.parametrize("score", SCORES)
 def test_compact_attention_matches_dense(backend, score, window, dtype):
-    _skip_until_the_kernel_has_the_flag(backend)
     model = make_model(score=score, recurrence="hc", window=window, dtype=dtype, D=D, H=H,
                        Ha=6)
     x = make_x(B, T, D)
@@ -240,7 +227,6 @@ def test_compact_attention_matches_dense(backend, score, window, dtype):
 
 
 def test_compact_attention_two_dimensional_input(backend):
-    _skip_until_the_kernel_has_the_flag(backend)
     model = make_model(window=4, D=D, H=H)
     x = make_x(1, T, D)[0]
     out = model.forward(x, lengths=7, return_attention="window", backend=backend)

@@ -172,7 +172,7 @@ def _model_struct(p):
 
 
 def _state_struct(st):
-    bufs = (st.hist, st.keys, st.h, st.c, st.positions)
+    bufs = (st._hist, st._keys, st.h, st.c, st.positions)
     got = st._cache.get(NAME)
     if got is not None:
         old = got[0]
@@ -180,8 +180,8 @@ def _state_struct(st):
                 and old[4] is bufs[4]):
             return got[1]
     s = ffi.new("sarnn_state *")
-    s.batch, s.capacity = st.hist.shape[0], st.hist.shape[1]
-    keep = [_ptr(st.hist), ffi.NULL if st.keys is None else _ptr(st.keys), _ptr(st.h),
+    s.batch, s.capacity = st._hist.shape[0], st._hist.shape[1]
+    keep = [_ptr(st._hist), ffi.NULL if st._keys is None else _ptr(st._keys), _ptr(st.h),
             _ptr(st.c), ffi.from_buffer("int64_t[]", st.positions)]
     s.hist, s.keys, s.h, s.c, s.positions = keep
     st._cache[NAME] = (bufs, s, keep)
