@@ -1,5 +1,5 @@
 """One stream on the C backend: effect of splitting each step's attended positions over the
-OpenMP team, by threshold (``fastsarnn.backends.c_ext.set_split_min``).
+helper pool, by threshold (``fastsarnn.backends.c_ext.set_split_min``).
 
     python benchmarks/split_threshold.py
 

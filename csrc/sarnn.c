@@ -3,8 +3,8 @@
  * Three templates, instantiated here: sarnn_kernel.h (the math of one step, per dtype),
  * sarnn_phases.h (its phases compiled for one instruction set: generic x86-64, AVX2+FMA,
  * AVX-512; per dtype and ISA) and sarnn_driver.h (the one step loop, the single-stream
- * split over an OpenMP team and the batch driver; per dtype). sarnn_forward and
- * sarnn_step check every argument, then dispatch.
+ * split over a persistent helper pool and the OpenMP batch driver; per dtype).
+ * sarnn_forward and sarnn_step check every argument, then dispatch.
  */
 #include <math.h>
 #include <stddef.h>

@@ -15,8 +15,8 @@ passed as empty arrays of the model dtype, so every call has the same types and 
 stays float32 throughout (every constant is typed).
 
 A single stream (B = 1) runs on one core. The C backend splits each step's attended
-positions over its OpenMP team; here the only synchronisation is a parallel region's
-fork/join (Numba has no CPU atomics or barriers for a persistent team), which measured
+positions over a persistent helper pool (atomics, futex waits); here the only
+synchronisation is a parallel region's fork/join (Numba has no CPU atomics or barriers for a persistent team), which measured
 3-7 us per launch on the 2-core Xeon when quiet and 50 us to 5 ms when busy, against 9-15 us
 of work per step of config S: one launch per step would never beat the serial loop.
 
