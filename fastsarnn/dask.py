@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from . import _registry, _validate
-from .model import Output, SelfAttentionRNN
+from .model import Output, SelfAttentionRNN, _attention_mode, window_positions
 
 
 def _cores() -> int:
@@ -59,8 +59,9 @@ def forward(model: SelfAttentionRNN, x, *, lengths=None, backend=None,
         ``(B,)`` valid steps per sequence (NumPy; split like ``x``'s batch chunks).
     backend : str, optional
         Backend each block runs (default: the workers' automatic choice).
-    return_attention : bool
-        Also return attention ``(B, T, T)``.
+    return_attention : bool or {"dense", "window"}
+        Also return attention: dense ``(B, T, T)``, or with ``"window"`` (models with a
+        window) the compact ``(B, T, window)`` rows and ``attention_positions``.
 
     Returns
     -------
@@ -84,6 +85,7 @@ def forward(model: SelfAttentionRNN, x, *, lengths=None, backend=None,
         _registry._check_name(backend)
     B, T, _ = x.shape
     lens = _validate.lengths(lengths, B, T, two_d=False)
+    mode = _attention_mode(return_attention, model.window)
     if len(x.chunks[1]) > 1 or len(x.chunks[2]) > 1:
         warnings.warn(f"fastsarnn.dask.forward needs x chunked along the batch axis only; "
                       f"got chunks {x.chunks[1:]} along (T, D): rechunking to one chunk "
@@ -105,12 +107,18 @@ def forward(model: SelfAttentionRNN, x, *, lengths=None, backend=None,
         start += nb
         outs["h"].append(da.from_delayed(res[0], (nb, T, H), dt))
         outs["c"].append(da.from_delayed(res[1], (nb, T, H), dt))
-        if return_attention:
-            outs["attention"].append(da.from_delayed(res[2], (nb, T, T), dt))
+        if mode is not None:
+            cols = model.window if mode == "window" else T
+            outs["attention"].append(da.from_delayed(res[2], (nb, T, cols), dt))
         outs["h_last"].append(da.from_delayed(res[3], (nb, H), dt))
         outs["c_last"].append(da.from_delayed(res[4], (nb, H), dt))
     cat = {k: (da.concatenate(v, axis=0) if v else None) for k, v in outs.items()}
-    return Output(**cat)
+    positions = None
+    if mode == "window":   # every sequence starts at position 0: known without computing
+        positions = da.from_array(window_positions(np.zeros(B, np.int64), lens, T,
+                                                   model.window),
+                                  chunks=(x.chunks[0], T, model.window))
+    return Output(**cat, attention_positions=positions)
 
 
 def model_keys(arr) -> list:

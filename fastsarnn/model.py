@@ -591,6 +591,11 @@ class SelfAttentionRNN:
         H = self._H
         if out is not None:
             out_h, out_c = self._check_step_out(out, (H,) if one_d else (B, H))
+            sh, sc = state._h, state._c
+            if (np.may_share_memory(out_h, sh) or np.may_share_memory(out_h, sc)
+                    or np.may_share_memory(out_c, sh) or np.may_share_memory(out_c, sc)):
+                raise ValueError("out buffers must not share memory with state.h or state.c "
+                                 "(the step reads them); pass arrays of their own")
         if not ready:
             x = _validate.cast(x, dt)
         # A finite sum of squares proves every value finite; otherwise look closely (the

@@ -29,9 +29,9 @@ class State:
         self._keys = (
             np.zeros((batch_size, cap, attention_size), dtype=dtype) if attention_size else None
         )
-        self.h = np.zeros((batch_size, hidden_size), dtype=dtype)
-        self.c = np.zeros((batch_size, hidden_size), dtype=dtype)
-        self.positions = np.zeros(batch_size, dtype=np.int64)
+        self._h = np.zeros((batch_size, hidden_size), dtype=dtype)
+        self._c = np.zeros((batch_size, hidden_size), dtype=dtype)
+        self._positions = np.zeros(batch_size, dtype=np.int64)
         #: Per-backend scratch (prepared pointers, staging buffers); dropped by ``copy``.
         self._cache: dict = {}
         #: Made by ``forward`` for one call and then dropped: a device backend may back it
@@ -68,19 +68,37 @@ class State:
     def keys(self, value):
         self._replace("keys", value)
 
+    # h, c and positions: host arrays the kernels read and write in place (a device backend
+    # keeps them in mapped host memory). Replacing one is checked like hist/keys, so that no
+    # kernel is handed a buffer of another shape, dtype or layout.
+    h = property(lambda self: self._h, lambda self, v: self._replace("h", v),
+                 doc="Last state ``h_t`` per stream ``(B, H)``.")
+    c = property(lambda self: self._c, lambda self, v: self._replace("c", v),
+                 doc="Last context ``c_t`` per stream ``(B, H)``.")
+    positions = property(lambda self: self._positions,
+                         lambda self, v: self._replace("positions", v),
+                         doc="Steps each stream has consumed, int64 ``(B,)``.")
+
     def _replace(self, name, value):
-        """Put another host array of the same shape and dtype in place of ``hist``/``keys``
-        (its values become the newest, whatever a device copy holds)."""
+        """Put another host array of the same shape and dtype, C-contiguous and writeable, in
+        place of a state buffer (for ``hist``/``keys`` its values become the newest, whatever
+        a device copy holds). To restore values, assigning into the buffer
+        (``state.h[...] = saved``) works as well."""
         old = getattr(self, "_" + name)
-        if old is None or not isinstance(value, np.ndarray) or value.shape != old.shape \
-                or value.dtype != old.dtype:
-            want = "None" if old is None else f"an array of shape {old.shape}, dtype {old.dtype}"
-            got = (f"shape {getattr(value, 'shape', None)}, dtype {getattr(value, 'dtype', None)}"
+        ok = (old is not None and isinstance(value, np.ndarray) and value.shape == old.shape
+              and value.dtype == old.dtype)
+        if not ok or not (value.flags.c_contiguous and value.flags.writeable):
+            want = "None" if old is None else (f"a C-contiguous, writeable array of shape "
+                                               f"{old.shape}, dtype {old.dtype}")
+            got = (f"shape {value.shape}, dtype {value.dtype}, "
+                   f"{'C-contiguous' if value.flags.c_contiguous else 'not C-contiguous'}, "
+                   f"{'writeable' if value.flags.writeable else 'read-only'}"
                    if isinstance(value, np.ndarray) else type(value).__name__)
             raise ValueError(f"state.{name} must stay {want}; got {got}")
         setattr(self, "_" + name, value)
-        self._device_newer = False
-        self._host_newer = True
+        if name in ("hist", "keys"):
+            self._device_newer = False
+            self._host_newer = True
 
     def _host_access(self):
         self._sync_host()
@@ -146,7 +164,7 @@ class State:
         new = State.__new__(State)
         new._owner = self._owner
         new._window = self._window
-        for name in ("_hist", "_keys", "h", "c", "positions"):
+        for name in ("_hist", "_keys", "_h", "_c", "_positions"):
             arr = getattr(self, name)
             setattr(new, name, None if arr is None else np.array(arr))
         new._cache = {}

@@ -154,3 +154,19 @@ def test_block_keys_follow_the_model_and_the_inputs():
     assert not keys(fsd.forward(m, x)) & keys(fsd.forward(other, x))
     lens = np.array([3, 1, 2, 0])
     assert keys(fsd.forward(m, x)) != keys(fsd.forward(m, x, lengths=lens))
+
+
+def test_compact_window_attention_matches_local_forward():
+    """return_attention="window": blocks declared (nb, T, window), values and positions equal
+    to the local forward's compact layout (sync scheduler: no cluster needed)."""
+    import dask
+    model = make_model(score="dot", window=3, D=5, H=8, dtype="float64")
+    x = make_x(5, 7, 5)
+    lengths = np.array([7, 0, 4, 7, 2])
+    out = fsd.forward(model, da.from_array(x, chunks=((2, 3), -1, -1)), lengths=lengths,
+                      backend="numpy", return_attention="window")
+    assert out.attention.shape == (5, 7, 3) and out.attention_positions.shape == (5, 7, 3)
+    attn, pos = dask.compute(out.attention, out.attention_positions, scheduler="sync")
+    want = model.forward(x, lengths=lengths, backend="numpy", return_attention="window")
+    assert attn.shape == want.attention.shape and max_err(attn, want.attention) == 0.0
+    assert np.array_equal(pos, want.attention_positions)

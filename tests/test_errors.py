@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastsarnn as fs
-from _helpers import make_model, make_x
+from _helpers import make_model, make_x, max_err
 
 D, H = 4, 6
 
@@ -378,3 +378,51 @@ def test_float64_input_to_a_float32_model_is_cast_silently_as_documented(backend
     assert np.array_equal(h, want.h[:, 0])
     assert "cast silently" in fs.SelfAttentionRNN.forward.__doc__
     assert "cast silently" in fs.SelfAttentionRNN.step.__doc__
+
+
+# -- replacing a state buffer, and step's out= aliasing the state ----------------------------
+
+@pytest.mark.parametrize("name", ["h", "c", "positions", "hist", "keys"])
+def test_replacing_a_state_buffer_is_checked(backend, name):
+    """A replaced buffer must keep shape, dtype, C order and be writeable: the kernels take
+    its pointer (a float64 h on a float32 C state gave silently wrong results; a read-only
+    memory map crashed the process)."""
+    import fastsarnn as fs
+    model = fs.SelfAttentionRNN.random(3, 4, score="kq", recurrence="hc", seed=0)
+    st = model.init_state(2)
+    model.step(np.ones((2, 3)), st, backend=backend)
+    old = getattr(st, name)
+    before = {n: np.array(getattr(st, n)) for n in ("h", "c", "positions", "hist", "keys")}
+    wrong_dtype = old.astype(np.float64 if old.dtype != np.float64 else np.float32)
+    smaller = np.zeros(old.shape[:-1] + (old.shape[-1] - 1,), old.dtype)
+    read_only = old.copy()
+    read_only.flags.writeable = False
+    strided = np.zeros(old.shape[:-1] + (2 * old.shape[-1],), old.dtype)[..., ::2]
+    for bad in (wrong_dtype, smaller, read_only, strided, old.tolist()):
+        with pytest.raises(ValueError, match=f"state.{name} must stay"):
+            setattr(st, name, bad)
+    for n, arr in before.items():                     # rejected: nothing changed
+        assert np.array_equal(getattr(st, n), arr)
+    # a good replacement is what the next call uses
+    ref = model.init_state(2)
+    model.step(np.ones((2, 3)), ref, backend="numpy")
+    setattr(ref, name, np.array(getattr(ref, name)))
+    setattr(st, name, np.array(before[name]))
+    h1, _ = model.step(np.full((2, 3), 0.5), st, backend=backend)
+    h2, _ = model.step(np.full((2, 3), 0.5), ref, backend="numpy")
+    assert max_err(h1, h2) <= 1e-5
+
+
+def test_step_out_may_not_alias_the_state(backend):
+    """out=(state.h, state.c) would let the step zero or overwrite what it reads."""
+    import fastsarnn as fs
+    model = fs.SelfAttentionRNN.random(3, 4, seed=0)
+    st = model.init_state(2)
+    model.step(np.ones((2, 3)), st, backend=backend)
+    before = (st.h.copy(), st.c.copy(), st.positions.copy())
+    own = np.zeros((2, 4), np.float32)
+    for out in ((st.h, own), (own, st.c), (st.c, own.copy()), (own, st.h[0:2])):
+        with pytest.raises(ValueError, match="must not share memory with state"):
+            model.step(np.ones((2, 3)), st, out=out, active=np.array([True, False]),
+                       backend=backend)
+    assert all(np.array_equal(a, b) for a, b in zip(before, (st.h, st.c, st.positions)))

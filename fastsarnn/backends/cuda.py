@@ -656,7 +656,7 @@ def _device_state(state, w, dtype):
             _mapped_workspace(w, "positions", (B,), np.int64))
         for arr in (h, c, pos):
             arr[...] = 0
-        state.h, state.c, state.positions = h, c, pos
+        state._h, state._c, state._positions = h, c, pos
         return hist, keys, (h_arg, c_arg, pos_arg)
     hist, keys = state._device_history(NAME, zeros, _upload, _download)
     small = state._cache.get(NAME)
@@ -667,7 +667,7 @@ def _device_state(state, w, dtype):
         h[...] = state.h
         c[...] = state.c
         pos[...] = state.positions
-        state.h, state.c, state.positions = h, c, pos
+        state._h, state._c, state._positions = h, c, pos
         small = state._cache[NAME] = {"views": (id(h), id(c), id(pos)),
                                       "args": (h_arg, c_arg, pos_arg), "keep": (h, c, pos)}
     return hist, keys, small["args"]
@@ -686,14 +686,18 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
         raise ValueError(f"cuda kernel: inconsistent shapes x {d_x.shape}, out_h "
                          f"{d_out_h.shape}, out_c {d_out_c.shape}, lengths {d_len.shape}, "
                          f"state batch {state.batch_size}, model D={p.D} H={H}")
-    if state._window is None and int((state.positions + lens).max()) > state.capacity:
+    if p.window is None and int((state.positions + lens).max()) > state.capacity:
         raise ValueError("cuda kernel: the state's capacity does not fit the new positions")
     want = d_attn is not None
     if want:
         ncol = int(p.window) if compact else int(state.positions.max()) + T
-        if d_attn.shape != (B, T, ncol):
+        # dense: at least the columns written (a windowed state below its window runs the
+        # unwindowed kernel into a buffer of `window` columns); compact: exactly `window`
+        if (d_attn.shape[:2] != (B, T)
+                or (d_attn.shape[2] != ncol if compact else d_attn.shape[2] < ncol)):
             raise ValueError(f"cuda kernel: attention buffer has shape {d_attn.shape}; "
-                             f"expected {(B, T, ncol)}")
+                             f"expected {(B, T, ncol)}" + ("" if compact else
+                                                            " or more columns"))
     else:
         d_attn = w["none"]
     hist, keys, (h_arg, c_arg, pos_arg) = _device_state(state, w, p.dtype)
@@ -713,7 +717,13 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
         p.score_code, p.recurrence_code, p.window or 0, inline, d_x, d_len, hist, keys,
         h_arg, c_arg, pos_arg, d_out_h, d_out_c, d_attn, want, compact, scratch)
     cuda.synchronize()
-    if not state._scratch:
+    if state._scratch:
+        # The mapped h/c/positions are the model's shared workspace: give the one-call state
+        # its own copies while the workspace lock is held, so that a concurrent call on the
+        # same model cannot overwrite them before the caller reads h_last / c_last.
+        state._h, state._c, state._positions = (
+            state._h.copy(), state._c.copy(), state._positions.copy())
+    else:
         state._device_wrote(NAME)
 
 
