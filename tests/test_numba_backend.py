@@ -116,7 +116,7 @@ def _state_shrink(name, axis):
         shape[axis] -= 1
         # Past the public setter (which refuses another shape): the kernel's own checks
         # are what is tested, against a state whose buffers no longer fit.
-        attr = "_" + name if name in ("hist", "keys") else name
+        attr = "_" + name if name in ("hist", "keys", "h", "c", "positions") else name
         setattr(a["state"], attr, np.zeros(shape, arr.dtype))
     return edit
 
