@@ -2,7 +2,8 @@
 
 The CUDA simulator runs the kernels as Python, so it never types or compiles them; this
 script runs Numba's real CUDA compiler (type inference, NVVM) on every kernel variant
-(float32/float64, shuffles/shared-memory warp reduce, shared/global scratch) and reports
+(float32/float64, shuffles/shared-memory warp reduce, shared/global scratch,
+one or several blocks per sequence) and reports
 any float64 arithmetic left in the float32 kernel. It needs NVVM, which the CUDA wheels
 bring, for example (about 320 MB, into a scratch folder):
 
@@ -13,6 +14,7 @@ bring, for example (about 320 MB, into a scratch folder):
 """
 
 import argparse
+import itertools
 import re
 import sys
 
@@ -34,29 +36,33 @@ def main(argv=None):
     failures = 0
     for dtype in ("float32", "float64"):
         f = t.float32 if dtype == "float32" else t.float64
-        A1, A2, A3 = (t.Array(f, n, "C") for n in (1, 2, 3))
+        A1, A2, A3, A4 = (t.Array(f, n, "C") for n in (1, 2, 3, 4))
         I1 = t.Array(t.int64, 1, "C")
         seq_sig = (A2, A2, A1, A2, A2, A2, A2, A1, t.int64, t.int64, t.int64, t.boolean, A3,
-                   I1, A3, A3, A2, A2, I1, A3, A3, A3, t.boolean, t.boolean, A2)
-        for shuffles in (True, False):
-            for global_scratch in (False, True):
-                name = f"sequence {dtype} shuffles={shuffles} global_scratch={global_scratch}"
-                kern = be._build_sequence_kernel(dtype, shuffles, global_scratch,
-                                                 be.rows_per_warp())
-                try:
-                    ptx, _ = cuda.compile_ptx(kern.py_func, seq_sig, cc=cc)
-                except Exception as exc:
-                    failures += 1
-                    print(f"FAIL {name}: {type(exc).__name__}: {exc}")
-                    continue
-                # float64 instructions other than the one-off constant 1/sqrt(H)
-                f64 = [ln.split()[0] for ln in ptx.splitlines()
-                       if re.match(r"\s*[a-z]", ln) and ".f64" in ln.split()[0]]
-                extra = [op for op in f64 if not op.startswith(("cvt.", "sqrt.", "rcp."))]
-                ok = dtype == "float64" or not extra
-                failures += not ok
-                print(f"{'ok  ' if ok else 'FAIL'} {name}: {len(ptx)} bytes of PTX, "
-                      f"shfl={'shfl.sync' in ptx}, f64 ops={sorted(set(f64))[:6]}")
+                   I1, A3, A3, A2, A2, I1, A3, A3, A3, t.boolean, t.boolean, A4, t.int64, A2)
+        for shuffles, global_scratch, split in itertools.product((True, False), (False, True),
+                                                                  (False, True)):
+            name = (f"sequence {dtype} shuffles={shuffles} global_scratch={global_scratch}"
+                    f" split={split}")
+            kern = be._build_sequence_kernel(dtype, shuffles, global_scratch,
+                                             be.rows_per_warp(), split)
+            try:
+                ptx, _ = cuda.compile_ptx(kern.py_func, seq_sig, cc=cc)
+            except Exception as exc:
+                failures += 1
+                print(f"FAIL {name}: {type(exc).__name__}: {exc}")
+                continue
+            # float64 instructions other than the one-off constant 1/sqrt(H)
+            f64 = [ln.split()[0] for ln in ptx.splitlines()
+                   if re.match(r"\s*[a-z]", ln) and ".f64" in ln.split()[0]]
+            extra = [op for op in f64 if not op.startswith(("cvt.", "sqrt.", "rcp."))]
+            # only the split kernel may synchronise the grid (a cooperative launch)
+            grid_sync = "cudaCG" in ptx
+            ok = (dtype == "float64" or not extra) and grid_sync == split
+            failures += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} {name}: {len(ptx)} bytes of PTX, "
+                  f"shfl={'shfl.sync' in ptx}, grid sync={grid_sync}, "
+                  f"f64 ops={sorted(set(f64))[:6]}")
         small = ((be._project_kernel, (A2, A1, A3, I1, A3, A3)), (be._fill_zero_kernel, (A1,)),
                  (be._nonfinite_kernel, (A3, I1, I1)))
         for kern, sig in small:

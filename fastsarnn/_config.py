@@ -54,6 +54,14 @@ CUDA_BLOCK_SIZE = 512
 #: Attended positions a warp of the CUDA kernel scores per round (rows in flight per warp;
 #: compile-time constant of the kernel). Read at launch.
 CUDA_ROWS_PER_WARP = 8
+#: CUDA, few sequences with long histories: split each step's attended positions into this
+#: many parts, one block each, all blocks of a sequence in one cooperative launch (a grid
+#: barrier per step). "auto": on a GPU, as many parts as leave every part at least
+#: CUDA_SPLIT_MIN_POSITIONS positions at the last step, while all blocks fit on the SMs
+#: at once; 1 (one block per sequence) on the simulator. An integer >= 1 forces the count
+#: (1: never split; where fewer blocks fit, each takes several parts). Read at launch.
+CUDA_SPLIT_PARTS = "auto"
+CUDA_SPLIT_MIN_POSITIONS = 256
 #: Shared memory a block of the sequence kernel may use (bytes; 48 KiB needs no opt-in).
 #: Wider models first get smaller blocks, then a global-memory scratch. Read at launch.
 CUDA_SHARED_BYTES = 48 * 1024

@@ -309,6 +309,76 @@ def test_production_block_size(monkeypatch):
         assert max_err(h, ref.h[:, 3]) <= tol(model)
 
 
+# -- one sequence's positions split over several blocks (a cooperative kernel) ----------------
+@pytest.mark.parametrize("parts", [2, 3])
+@pytest.mark.parametrize("score,recurrence,window", [
+    ("dot", "c", None), ("scaled_dot", "hc", 3), ("general", "c", 4),
+    ("kq", "hc", None), ("additive", "c", 3)])
+def test_split_over_blocks_matches_the_reference(monkeypatch, score, recurrence, window,
+                                                 parts):
+    """Forced parts (on the simulator one block per sequence takes all of them: the same
+    partial and merge code a GPU runs with one block per part): lengths, streaming through
+    a state (forward, step, forward), dense and compact attention; early steps attend fewer
+    positions than there are parts (empty parts)."""
+    be = _be()
+    monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", parts)
+    model = make_model(score=score, recurrence=recurrence, window=window, D=5, H=6, Ha=4)
+    x = make_x(2, 9, 5)
+    lengths = np.array([5, 3])
+    st = model.init_state(2)
+    a = model.forward(x[:, :5], lengths=lengths, state=st, return_attention=True,
+                      backend="cuda")
+    h, _ = model.step(x[:, 5], st, backend="cuda")
+    compact = window is not None
+    b = model.forward(x[:, 6:], state=st, return_attention="window" if compact else True,
+                      backend="cuda")
+    assert any(key[4] for key in be._KERNELS), "the split kernel did not run"
+    st_ref = model.init_state(2)
+    ra = model.forward(x[:, :5], lengths=lengths, state=st_ref, return_attention=True,
+                       backend="numpy")
+    rh, _ = model.step(x[:, 5], st_ref, backend="numpy")
+    rb = model.forward(x[:, 6:], state=st_ref, return_attention="window" if compact else True,
+                       backend="numpy")
+    for got, want in ((a.h, ra.h), (a.c, ra.c), (a.attention, ra.attention), (h, rh),
+                      (b.h, rb.h), (b.c, rb.c), (b.attention, rb.attention),
+                      (st.h, st_ref.h), (st.c, st_ref.c), (st.hist, st_ref.hist)):
+        assert max_err(got, want) <= tol(model)
+    assert st.positions.tolist() == st_ref.positions.tolist() == [9, 7]
+
+
+def test_split_at_the_production_block_size_and_global_scratch(monkeypatch):
+    monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", 2)
+    model = make_model(score="additive", recurrence="hc", D=3, H=6, Ha=4, dtype="float32")
+    x = make_x(2, 5, 3).astype(np.float32)
+    ref = reference(model, x, return_attention=True)
+    for block, shared in ((PRODUCTION_BLOCK, _config.CUDA_SHARED_BYTES), (4, 0)):
+        monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", block)
+        monkeypatch.setattr(_config, "CUDA_SHARED_BYTES", shared)
+        out = model.forward(x, return_attention=True, backend="cuda")
+        assert max_err(out.c, ref.c) <= tol(model)
+        assert max_err(out.attention, ref.attention) <= tol(model)
+
+
+def test_split_plan(monkeypatch):
+    """How many parts and blocks per sequence a launch gets."""
+    be = _be()
+    if not be.SIMULATOR:
+        pytest.skip("the simulator's plan (a GPU's depends on its SMs)")
+    unused = lambda P: pytest.fail("the simulator needs no occupancy query")   # noqa: E731
+    assert be._split_plan(1, 4096, unused, 4, 0) == (1, 1)      # auto: never on the simulator
+    monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", 1)
+    assert be._split_plan(1, 4096, unused, 4, 0) == (1, 1)
+    monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", 5)
+    assert be._split_plan(3, 2, unused, 4, 0) == (5, 1)         # one block takes all five
+    model = make_model(D=5, H=6)
+    st = model.init_state(1)
+    for bad in (0, -2, 2.5, True, "many"):
+        monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", bad)
+        with pytest.raises(ValueError, match="CUDA_SPLIT_PARTS"):
+            model.forward(make_x(1, 2, 5), state=st, backend="cuda")
+    assert st.positions.tolist() == [0]
+
+
 def test_bad_config_is_refused(monkeypatch):
     model = make_model(D=5, H=6)
     st = model.init_state(1)

@@ -1,4 +1,4 @@
-"""The ``"cuda"`` backend: a persistent Numba CUDA decode kernel, one block per sequence.
+"""The ``"cuda"`` backend: a persistent Numba CUDA decode kernel, a block per sequence.
 
 A ``forward`` is two launches: the input projection ``W_x x_t + b`` for every valid step,
 in parallel (one thread per output element, written into ``out_h``), then the sequence
@@ -32,10 +32,13 @@ downloads when the host copy is read); ``h``, ``c`` and ``positions`` are moved 
 (pinned, device-addressable) host memory on first use, so the kernel reads and writes the
 very arrays the user sees: writes to them between calls are honoured without a copy.
 
-One block per sequence: with fewer sequences than SMs the GPU is under-used. Splitting one
-sequence's positions over several blocks in one launch needs a grid-wide barrier per step
-(a cooperative launch); the simulator runs cooperative grids of one block only, so that
-variant could not be tested here and is not built (see docs/BENCHMARKS.md, GPU).
+Few sequences, long histories (fewer sequences than SMs): ``_config.CUDA_SPLIT_PARTS``
+splits each step's attended positions into ``P`` parts, one block each, all in one
+cooperative launch (the FlashDecoding split). Every block of a sequence computes the same
+``h_t`` and query, reduces its part to a partial ``(acc, m, l)`` in global memory, waits at
+a grid barrier (one per step), and merges all ``P`` partials in the same order; so every
+block holds bitwise the same ``c_t``. On the simulator, which runs cooperative grids of one
+block, one block per sequence takes all ``P`` parts: the same partial and merge code.
 """
 
 import math
@@ -189,9 +192,10 @@ _KERNELS = {}
 _KERNEL_LOCK = threading.Lock()
 
 
-def _sequence_kernel(dtype, shuffles, global_scratch, G):
-    """The sequence kernel for a dtype, warp-reduce flavour, scratch placement and G."""
-    key = (np.dtype(dtype).name, shuffles, global_scratch, G)
+def _sequence_kernel(dtype, shuffles, global_scratch, G, split=False):
+    """The sequence kernel for a dtype, warp-reduce flavour, scratch placement, G, and
+    whether it splits a sequence's positions over several blocks (a cooperative kernel)."""
+    key = (np.dtype(dtype).name, shuffles, global_scratch, G, bool(split))
     with _KERNEL_LOCK:
         kern = _KERNELS.get(key)
         if kern is None:
@@ -199,19 +203,39 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G):
     return kern
 
 
-def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G):
+def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split=False):
     tp = numba.float32 if dtype_name == "float32" else numba.float64
     warp_allsum = _make_warp_allsum(shuffles, G)
+    SPLIT = bool(split)     # compile-time: the branches of the other flavour fold away
+
+    if SPLIT:   # only the split kernel may name the grid: that makes a launch cooperative
+        @cuda.jit(device=True)
+        def grid_sync():
+            cuda.cg.this_grid().sync()
+    else:
+        @cuda.jit(device=True)
+        def grid_sync():
+            pass
 
     @cuda.jit(device=True)
-    def run_sequence(b, W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score, recurrence,
-                     window, inline_proj, x, lengths, hist, keys, hs, cs, positions, out_h,
-                     out_c, attn, want_attn, compact, buf):
-        """Block ``b`` runs sequence ``b`` for ``lengths[b]`` steps (module docstring).
+    def run_sequence(b, bx, nbx, W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score,
+                     recurrence, window, inline_proj, x, lengths, hist, keys, hs, cs,
+                     positions, out_h, out_c, attn, want_attn, compact, parts, P, buf):
+        """Sequence ``b`` for ``lengths[b]`` steps (module docstring); this block is part
+        ``bx`` of the ``nbx`` blocks of the sequence (1 unless SPLIT).
 
         Invariant at the top of step r: ``buf[o_h:o_h+H]``, ``buf[o_c:o_c+H]`` hold
         ``h_{t-1}``, ``c_{t-1}``; history (and key) slots of every position before ``p``
         that is still attended are written.
+
+        SPLIT: the step's attended positions form ``P`` equal parts; this block takes
+        parts ``bx, bx + nbx, ...``, reduces each to a partial ``(acc, m, l)`` in
+        ``parts[r % 2, b, q]``, and after the grid barrier every block of the sequence
+        merges all ``P`` partials in the same order, so all hold bitwise the same ``c_t``
+        (and compute the same ``h_{t+1}``). Each block writes the history/key row of ``p``
+        itself (identical values) before it attends; block 0 alone writes the outputs.
+        Partials alternate between two buffers, so the next step's writes never meet a
+        block still merging this step's; one barrier per step suffices.
         """
         tid = cuda.threadIdx.x
         NT = cuda.blockDim.x
@@ -242,6 +266,7 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G):
         neg_inf = tp(-math.inf)
         e_grp = cuda.local.array(G, tp)
         inv_sqrt_h = tp(1.0 / math.sqrt(H))
+        writer = bx == 0              # the block that writes outputs and the final state
         L = lengths[b]
         pos0 = positions[b]
         for j in range(tid, H, NT):
@@ -252,177 +277,249 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G):
         chunk = (H + KS - 1) // KS
         KQ = NT // kdim if kdim < NT else 1      # parts of the k range, key/query
         chunkq = (H + KQ - 1) // KQ
-        for r in range(L):
+        # SPLIT: every block runs T steps (a barrier per step), idle past its length
+        nsteps = x.shape[1] if SPLIT else L
+        for r in range(nsteps):
             p = pos0 + r
             slot = p % window if window > 0 else p
-            if inline_proj:
-                for k in range(tid, D, NT):
-                    buf[o_x + k] = x[b, r, k]
-            # (1) partials of W_c c_{t-1} [+ W_h h_{t-1}] over k in part g's slice
-            for idx in range(tid, KS * H, NT):
-                g = idx // H
-                j = idx - g * H
-                k1 = min(H, (g + 1) * chunk)
-                s = zero
-                for k in range(g * chunk, k1):
-                    s += W_cT[k, j] * buf[o_c + k]
-                if recurrence == 1:
-                    for k in range(g * chunk, k1):
-                        s += W_hT[k, j] * buf[o_h + k]
-                buf[o_part + idx] = s
-            cuda.syncthreads()
-            for j in range(tid, H, NT):
-                if inline_proj:
-                    s = bias[j]
-                    for k in range(D):
-                        s += W_xT[k, j] * buf[o_x + k]
-                else:
-                    s = out_h[b, r, j]                       # W_x x_t + b, projected
-                for g in range(KS):
-                    s += buf[o_part + g * H + j]
-                hv = math.tanh(s)
-                buf[o_h + j] = hv
-                out_h[b, r, j] = hv
-                hist[b, slot, j] = hv
-            cuda.syncthreads()
-            # (2) query (and key, appended to the key cache)
-            if score >= 2:
-                for idx in range(tid, KQ * kdim, NT):
-                    g = idx // kdim
-                    a = idx - g * kdim
-                    k1 = min(H, (g + 1) * chunkq)
-                    sq = zero
-                    sk = zero
-                    if keyed:
-                        for k in range(g * chunkq, k1):
-                            hk = buf[o_h + k]
-                            sk += W_kT[k, a] * hk
-                            sq += W_qT[k, a] * hk
-                    else:
-                        for k in range(g * chunkq, k1):
-                            sq += W_sT[k, a] * buf[o_h + k]
-                    buf[o_part + idx] = sq
-                    buf[o_part + PW + idx] = sk
-                cuda.syncthreads()
-                for a in range(tid, kdim, NT):
-                    sq = zero
-                    sk = zero
-                    for g in range(KQ):
-                        sq += buf[o_part + g * kdim + a]
-                        sk += buf[o_part + PW + g * kdim + a]
-                    buf[o_q + a] = sq
-                    if keyed:
-                        keys[b, slot, a] = sk
-            else:
-                for a in range(tid, H, NT):
-                    buf[o_q + a] = buf[o_h + a] * inv_sqrt_h if score == 1 else buf[o_h + a]
-            cuda.syncthreads()
-            # (3) warp w attends positions in groups of G: group it*NW + w holds positions
-            # first + (it*NW + w)*G + g, g < G (G rows in flight per warp); lanes own
-            # dimensions; online softmax per warp.
             first = p - window + 1 if (window > 0 and p - window + 1 > 0) else 0
             n = p - first + 1
-            for d in range(lane, H, W):
-                buf[o_acc + warp * H + d] = zero
-            m = neg_inf
-            l = zero
-            for it in range((n + NW * G - 1) // (NW * G)):   # the same count on every thread
-                i0 = (it * NW + warp) * G
-                for g in range(G):
-                    i = i0 + g
-                    sl = first + i
-                    if window > 0:
-                        sl = sl % window
-                    part = zero
-                    if i < n:
-                        if score == 4:
-                            for a in range(lane, Ha, W):
-                                part += v[a] * math.tanh(keys[b, sl, a] + buf[o_q + a])
-                        elif keyed:
-                            for a in range(lane, Ha, W):
-                                part += keys[b, sl, a] * buf[o_q + a]
+            if r < L:
+                if inline_proj:
+                    for k in range(tid, D, NT):
+                        buf[o_x + k] = x[b, r, k]
+                # (1) partials of W_c c_{t-1} [+ W_h h_{t-1}] over k in part g's slice
+                for idx in range(tid, KS * H, NT):
+                    g = idx // H
+                    j = idx - g * H
+                    k1 = min(H, (g + 1) * chunk)
+                    s = zero
+                    for k in range(g * chunk, k1):
+                        s += W_cT[k, j] * buf[o_c + k]
+                    if recurrence == 1:
+                        for k in range(g * chunk, k1):
+                            s += W_hT[k, j] * buf[o_h + k]
+                    buf[o_part + idx] = s
+                cuda.syncthreads()
+                for j in range(tid, H, NT):
+                    if inline_proj:
+                        s = bias[j]
+                        for k in range(D):
+                            s += W_xT[k, j] * buf[o_x + k]
+                    else:
+                        s = out_h[b, r, j]                   # W_x x_t + b, projected
+                    for g in range(KS):
+                        s += buf[o_part + g * H + j]
+                    hv = math.tanh(s)
+                    buf[o_h + j] = hv
+                    if not SPLIT:     # SPLIT: after the barrier (others read out_h[b, r])
+                        out_h[b, r, j] = hv
+                    hist[b, slot, j] = hv
+                cuda.syncthreads()
+                # (2) query (and key, appended to the key cache)
+                if score >= 2:
+                    for idx in range(tid, KQ * kdim, NT):
+                        g = idx // kdim
+                        a = idx - g * kdim
+                        k1 = min(H, (g + 1) * chunkq)
+                        sq = zero
+                        sk = zero
+                        if keyed:
+                            for k in range(g * chunkq, k1):
+                                hk = buf[o_h + k]
+                                sk += W_kT[k, a] * hk
+                                sq += W_qT[k, a] * hk
                         else:
-                            for d in range(lane, H, W):
-                                part += hist[b, sl, d] * buf[o_q + d]
-                    e_grp[g] = part
-                warp_allsum(e_grp, lane, W, buf, o_red, tid)
-                if i0 < n:
-                    cnt = min(G, n - i0)
-                    if want_attn and lane == 0:       # raw scores; normalised in (4)
-                        for g in range(cnt):
-                            i = i0 + g
-                            attn[b, r, i if compact else first + i] = e_grp[g]
-                    m_new = m
-                    for g in range(cnt):
-                        if e_grp[g] > m_new:
-                            m_new = e_grp[g]
-                    scale = math.exp(m - m_new)              # exponent <= 0; e^-inf = 0
-                    l = l * scale
-                    for g in range(cnt):
-                        e_grp[g] = math.exp(e_grp[g] - m_new)   # weight, exponent <= 0
-                        l += e_grp[g]
+                            for k in range(g * chunkq, k1):
+                                sq += W_sT[k, a] * buf[o_h + k]
+                        buf[o_part + idx] = sq
+                        buf[o_part + PW + idx] = sk
+                    cuda.syncthreads()
+                    for a in range(tid, kdim, NT):
+                        sq = zero
+                        sk = zero
+                        for g in range(KQ):
+                            sq += buf[o_part + g * kdim + a]
+                            sk += buf[o_part + PW + g * kdim + a]
+                        buf[o_q + a] = sq
+                        if keyed:
+                            keys[b, slot, a] = sk
+                else:
+                    for a in range(tid, H, NT):
+                        buf[o_q + a] = (buf[o_h + a] * inv_sqrt_h if score == 1
+                                        else buf[o_h + a])
+                cuda.syncthreads()
+                # (3) attention over positions [lo, hi) of each part this block owns (one
+                # part, all n positions, unless SPLIT): warp w takes groups of G positions,
+                # group it*NW + w holding lo + (it*NW + w)*G + g, g < G (G rows in flight
+                # per warp); lanes own dimensions; an online softmax per warp.
+                cs_len = (n + P - 1) // P if SPLIT else n
+                for q in range(bx, P if SPLIT else 1, nbx):
+                    lo = q * cs_len
+                    hi = min(n, lo + cs_len)
                     for d in range(lane, H, W):
-                        acc = buf[o_acc + warp * H + d] * scale
-                        for g in range(cnt):
-                            sl = first + i0 + g
+                        buf[o_acc + warp * H + d] = zero
+                    m = neg_inf
+                    l = zero
+                    cnt_pos = hi - lo if hi > lo else 0
+                    for it in range((cnt_pos + NW * G - 1) // (NW * G)):   # same on all
+                        i0 = lo + (it * NW + warp) * G
+                        for g in range(G):
+                            i = i0 + g
+                            sl = first + i
                             if window > 0:
                                 sl = sl % window
-                            acc += e_grp[g] * hist[b, sl, d]
-                        buf[o_acc + warp * H + d] = acc
-                    m = m_new
-            if lane == 0:
-                buf[o_m + warp] = m
-                buf[o_l + warp] = l
-            cuda.syncthreads()
-            # (4) merge the warps: M = max m_w, l = sum l_w e^(m_w - M)
-            M = buf[o_m]
-            for w in range(1, NW):
-                if buf[o_m + w] > M:
-                    M = buf[o_m + w]
-            lsum = zero
-            for w in range(NW):
-                lsum += buf[o_l + w] * math.exp(buf[o_m + w] - M)
-            inv_l = tp(1.0) / lsum
-            for j in range(tid, H, NT):
-                acc = zero
-                for w in range(NW):
-                    acc += buf[o_acc + w * H + j] * math.exp(buf[o_m + w] - M)
-                cv = acc * inv_l
-                buf[o_c + j] = cv
-                out_c[b, r, j] = cv
-            if want_attn:
-                for i in range(tid, n, NT):
-                    col = i if compact else first + i
-                    attn[b, r, col] = math.exp(attn[b, r, col] - M) * inv_l
-            cuda.syncthreads()
-        if L > 0:
+                            part = zero
+                            if i < hi:
+                                if score == 4:
+                                    for a in range(lane, Ha, W):
+                                        part += v[a] * math.tanh(keys[b, sl, a] + buf[o_q + a])
+                                elif keyed:
+                                    for a in range(lane, Ha, W):
+                                        part += keys[b, sl, a] * buf[o_q + a]
+                                else:
+                                    for d in range(lane, H, W):
+                                        part += hist[b, sl, d] * buf[o_q + d]
+                            e_grp[g] = part
+                        warp_allsum(e_grp, lane, W, buf, o_red, tid)
+                        if i0 < hi:
+                            cnt = min(G, hi - i0)
+                            if want_attn and lane == 0:   # raw scores; normalised in (4)
+                                for g in range(cnt):
+                                    i = i0 + g
+                                    attn[b, r, i if compact else first + i] = e_grp[g]
+                            m_new = m
+                            for g in range(cnt):
+                                if e_grp[g] > m_new:
+                                    m_new = e_grp[g]
+                            scale = math.exp(m - m_new)          # exponent <= 0; e^-inf = 0
+                            l = l * scale
+                            for g in range(cnt):
+                                e_grp[g] = math.exp(e_grp[g] - m_new)   # exponent <= 0
+                                l += e_grp[g]
+                            for d in range(lane, H, W):
+                                acc = buf[o_acc + warp * H + d] * scale
+                                for g in range(cnt):
+                                    sl = first + i0 + g
+                                    if window > 0:
+                                        sl = sl % window
+                                    acc += e_grp[g] * hist[b, sl, d]
+                                buf[o_acc + warp * H + d] = acc
+                            m = m_new
+                    if lane == 0:
+                        buf[o_m + warp] = m
+                        buf[o_l + warp] = l
+                    cuda.syncthreads()
+                    # (4) merge the warps: M = max m_w, l = sum l_w e^(m_w - M); a warp
+                    # with no position has m_w = -inf and adds nothing
+                    M = buf[o_m]
+                    for w in range(1, NW):
+                        if buf[o_m + w] > M:
+                            M = buf[o_m + w]
+                    if SPLIT:
+                        # the part's partial: (sum_w acc_w e^(m_w - M), M, l); an empty
+                        # part is (0, -inf, 0)
+                        slotp = r % 2
+                        lsum = zero
+                        if hi > lo:
+                            for w in range(NW):
+                                lsum += buf[o_l + w] * math.exp(buf[o_m + w] - M)
+                        for j in range(tid, H, NT):
+                            acc = zero
+                            if hi > lo:
+                                for w in range(NW):
+                                    acc += buf[o_acc + w * H + j] * math.exp(buf[o_m + w] - M)
+                            parts[slotp, b, q, j] = acc
+                        if tid == 0:
+                            parts[slotp, b, q, H] = M if hi > lo else neg_inf
+                            parts[slotp, b, q, H + 1] = lsum
+                        cuda.syncthreads()      # o_acc, o_m, o_l are reused by the next part
+                    else:
+                        lsum = zero
+                        for w in range(NW):
+                            lsum += buf[o_l + w] * math.exp(buf[o_m + w] - M)
+                        inv_l = tp(1.0) / lsum
+                        for j in range(tid, H, NT):
+                            acc = zero
+                            for w in range(NW):
+                                acc += buf[o_acc + w * H + j] * math.exp(buf[o_m + w] - M)
+                            cv = acc * inv_l
+                            buf[o_c + j] = cv
+                            out_c[b, r, j] = cv
+                        if want_attn:
+                            for i in range(tid, n, NT):
+                                col = i if compact else first + i
+                                attn[b, r, col] = math.exp(attn[b, r, col] - M) * inv_l
+                        cuda.syncthreads()
+            if SPLIT:
+                grid_sync()      # every part of every sequence has written its partial
+                if r < L:
+                    # (5) merge the parts, in the same order on every block of sequence b:
+                    # M = max m_q, l = sum l_q e^(m_q - M), c_t = sum acc_q e^(m_q - M) / l
+                    slotp = r % 2
+                    M = parts[slotp, b, 0, H]
+                    for q in range(1, P):
+                        if parts[slotp, b, q, H] > M:
+                            M = parts[slotp, b, q, H]
+                    lsum = zero
+                    for q in range(P):
+                        lsum += parts[slotp, b, q, H + 1] * math.exp(parts[slotp, b, q, H] - M)
+                    inv_l = tp(1.0) / lsum
+                    for j in range(tid, H, NT):
+                        acc = zero
+                        for q in range(P):
+                            acc += parts[slotp, b, q, j] * math.exp(parts[slotp, b, q, H] - M)
+                        cv = acc * inv_l
+                        buf[o_c + j] = cv
+                        if writer:
+                            out_c[b, r, j] = cv
+                            out_h[b, r, j] = buf[o_h + j]
+                    if want_attn:             # the raw scores of this block's parts
+                        for q in range(bx, P, nbx):
+                            lo = q * cs_len
+                            hi = min(n, lo + cs_len)
+                            for i in range(lo + tid, hi, NT):
+                                col = i if compact else first + i
+                                attn[b, r, col] = math.exp(attn[b, r, col] - M) * inv_l
+                    cuda.syncthreads()
+        if L > 0 and writer:
             for j in range(tid, H, NT):
                 hs[b, j] = buf[o_h + j]
                 cs[b, j] = buf[o_c + j]
             if tid == 0:
                 positions[b] = pos0 + L
 
+    if SPLIT:     # grid (blocks per sequence, sequences)
+        @cuda.jit(device=True)
+        def block_coords():
+            return cuda.blockIdx.y, cuda.blockIdx.x, cuda.gridDim.x
+    else:         # grid (sequences,)
+        @cuda.jit(device=True)
+        def block_coords():
+            return cuda.blockIdx.x, 0, 1
+
     if global_scratch:
         @cuda.jit
         def sequence_kernel(W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score, recurrence,
                             window, inline_proj, x, lengths, hist, keys, hs, cs, positions,
-                            out_h, out_c, attn, want_attn, compact, scratch):
-            b = cuda.blockIdx.x
+                            out_h, out_c, attn, want_attn, compact, parts, P, scratch):
+            b, bx, nbx = block_coords()
             if b < x.shape[0]:
-                run_sequence(b, W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score,
+                run_sequence(b, bx, nbx, W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score,
                              recurrence, window, inline_proj, x, lengths, hist, keys, hs, cs,
-                             positions, out_h, out_c, attn, want_attn, compact, scratch[b])
+                             positions, out_h, out_c, attn, want_attn, compact, parts, P,
+                             scratch[b * nbx + bx])
     else:
         @cuda.jit
         def sequence_kernel(W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score, recurrence,
                             window, inline_proj, x, lengths, hist, keys, hs, cs, positions,
-                            out_h, out_c, attn, want_attn, compact, scratch):
-            b = cuda.blockIdx.x
+                            out_h, out_c, attn, want_attn, compact, parts, P, scratch):
+            b, bx, nbx = block_coords()
             buf = cuda.shared.array(0, tp)
             if b < x.shape[0]:
-                run_sequence(b, W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score,
+                run_sequence(b, bx, nbx, W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score,
                              recurrence, window, inline_proj, x, lengths, hist, keys, hs, cs,
-                             positions, out_h, out_c, attn, want_attn, compact, buf)
+                             positions, out_h, out_c, attn, want_attn, compact, parts, P, buf)
     return sequence_kernel
 
 
@@ -604,6 +701,7 @@ def _upload_weights(p):
     got["work"] = {}
     got["none"] = cuda.device_array((1, 1, 1), dtype=p.dtype)     # absent buffers
     got["none2"] = cuda.device_array((1, 1), dtype=p.dtype)
+    got["none4"] = cuda.device_array((1, 1, 1, 1), dtype=p.dtype)
     return got
 
 
@@ -673,12 +771,67 @@ def _device_state(state, w, dtype):
     return hist, keys, small["args"]
 
 
+def split_parts():
+    """``_config.CUDA_SPLIT_PARTS``, checked: ``"auto"`` or an integer >= 1."""
+    P = _config.CUDA_SPLIT_PARTS
+    if P != "auto" and (not isinstance(P, int) or isinstance(P, bool) or P < 1):
+        raise ValueError(f"fastsarnn._config.CUDA_SPLIT_PARTS must be 'auto' or an integer "
+                         f">= 1; got {P!r}")
+    return P
+
+
+_COOP_LIMITS = {}
+
+
+def _cooperative_limit(kern, args, nt, shared_bytes):
+    """Blocks of ``kern`` (with ``args``) that fit on the GPU at once: the most a
+    cooperative launch may have. Compiles the kernel once; cached per kernel and size."""
+    key = (id(kern), nt, shared_bytes)
+    got = _COOP_LIMITS.get(key)
+    if got is None:
+        compiled = kern.compile(tuple(kern.typeof_pyval(a) for a in args))
+        got = _COOP_LIMITS[key] = int(compiled.max_cooperative_grid_blocks(nt, shared_bytes))
+    return got
+
+
+def _split_plan(B, n_last, kern_args_fn, nt, shared_bytes):
+    """``(P, blocks per sequence)``: the parts a sequence's attended positions are split
+    into and the blocks that share them (each takes parts ``bx, bx + nbx, ...``).
+
+    ``_config.CUDA_SPLIT_PARTS="auto"``: on a GPU, split when every part gets at least
+    ``_config.CUDA_SPLIT_MIN_POSITIONS`` positions at the last step and the ``B * P``
+    blocks fit on the SMs (one block per part); never on the simulator, which runs blocks
+    one after another. An integer forces ``P`` (the simulator runs them on one block per
+    sequence: the same partial/merge code, which is how CI tests it). ``(1, 1)``: the
+    one-block-per-sequence kernel.
+    """
+    choice = split_parts()
+    if choice == "auto":
+        if SIMULATOR:
+            return 1, 1
+        min_pos = max(1, int(_config.CUDA_SPLIT_MIN_POSITIONS))
+        sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
+        P = min(n_last // min_pos, sms // B)
+    else:
+        P = choice
+    if P < 2:
+        return 1, 1
+    if SIMULATOR:
+        return P, 1
+    kern, args = kern_args_fn(P)
+    nbx = min(P, _cooperative_limit(kern, args, nt, shared_bytes) // B)
+    if choice == "auto":          # one block per part, as many as fit at once
+        return (nbx, nbx) if nbx >= 2 else (1, 1)
+    return (P, nbx) if nbx >= 1 else (1, 1)
+
+
 def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, inline):
     """Checks, then the projection (unless ``inline``) and the sequence kernel."""
     B, T, D = d_x.shape
     H = p.H
     shuffles = use_shuffles()
     G = rows_per_warp()
+    split_parts()
     nt, nscratch, global_scratch = block_geometry(H, p.Ha, D, p.dtype, shuffles, G)
     # the sizes every index of the kernels relies on
     if (d_out_h.shape != (B, T, H) or d_out_c.shape != (B, T, H) or D != p.D
@@ -703,19 +856,30 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
     hist, keys, (h_arg, c_arg, pos_arg) = _device_state(state, w, p.dtype)
     if keys is None:
         keys = w["none"]
-    scratch = (_workspace(w, "scratch", (B, nscratch), p.dtype) if global_scratch
-               else w["none2"])
+    shared_bytes = 0 if global_scratch else nscratch * np.dtype(p.dtype).itemsize
+    n_last = int(state.positions.max()) + T if B else 0   # positions attended, last step
+    if p.window is not None:
+        n_last = min(n_last, int(p.window))
+
+    def kernel_and_args(P, nbx=1):
+        kern = _sequence_kernel(p.dtype, shuffles, global_scratch, G, P > 1)
+        parts = (_workspace(w, "parts", (2, B, P, H + 2), p.dtype) if P > 1
+                 else w["none4"])
+        scratch = (_workspace(w, "scratch", (B * nbx, nscratch), p.dtype) if global_scratch
+                   else w["none2"])
+        return kern, (w["W_x"], w["W_c"], w["b"], w["W_h"], w["W_s"], w["W_k"], w["W_q"],
+                      w["v"], p.score_code, p.recurrence_code, p.window or 0, inline, d_x,
+                      d_len, hist, keys, h_arg, c_arg, pos_arg, d_out_h, d_out_c, d_attn, want,
+                      compact, parts, P, scratch)
+
+    P, nbx = _split_plan(B, n_last, kernel_and_args, nt, shared_bytes)
+    kern, args = kernel_and_args(P, nbx)
     if not inline:
         n = B * T * H
         threads = 256
         _project_kernel[(n + threads - 1) // threads, threads](
             w["W_x"], w["b"], d_x, d_len, d_out_h, d_out_c)
-    kern = _sequence_kernel(p.dtype, shuffles, global_scratch, G)
-    shared_bytes = 0 if global_scratch else nscratch * np.dtype(p.dtype).itemsize
-    kern[B, nt, 0, shared_bytes](
-        w["W_x"], w["W_c"], w["b"], w["W_h"], w["W_s"], w["W_k"], w["W_q"], w["v"],
-        p.score_code, p.recurrence_code, p.window or 0, inline, d_x, d_len, hist, keys,
-        h_arg, c_arg, pos_arg, d_out_h, d_out_c, d_attn, want, compact, scratch)
+    kern[(nbx, B) if P > 1 else B, nt, 0, shared_bytes](*args)
     cuda.synchronize()
     if state._scratch:
         # The mapped h/c/positions are the model's shared workspace: give the one-call state
