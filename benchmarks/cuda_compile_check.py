@@ -3,8 +3,9 @@
 The CUDA simulator runs the kernels as Python, so it never types or compiles them; this
 script runs Numba's real CUDA compiler (type inference, NVVM) on every kernel variant
 (float32/float64, shuffles/shared-memory warp reduce, shared/global scratch,
-one or several blocks per sequence) and reports
-any float64 arithmetic left in the float32 kernel. It needs NVVM, which the CUDA wheels
+one or several blocks per sequence) and reports any float64 arithmetic left in the
+float32 kernel, local memory in it (per-lane arrays must live in registers) and a grid
+barrier anywhere but in the split kernel. It needs NVVM, which the CUDA wheels
 bring, for example (about 320 MB, into a scratch folder):
 
     pip install --target /tmp/cu13 --no-deps nvidia-nvvm==13.5.37 nvidia-cuda-nvrtc==13.5.37 \
@@ -22,6 +23,9 @@ import sys
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cc", default="9.0", help="compute capability to compile for")
+    ap.add_argument("--sizes", type=int, nargs=3, default=(256, 64, 32),
+                    metavar=("H", "HA", "W"), help="the sizes a kernel is compiled for: "
+                    "hidden, attention, warp width (default: %(default)s)")
     args = ap.parse_args(argv)
     cc = tuple(int(v) for v in args.cc.split("."))
 
@@ -45,7 +49,7 @@ def main(argv=None):
             name = (f"sequence {dtype} shuffles={shuffles} global_scratch={global_scratch}"
                     f" split={split}")
             kern = be._build_sequence_kernel(dtype, shuffles, global_scratch,
-                                             be.rows_per_warp(), split)
+                                             be.rows_per_warp(), split, *args.sizes)
             try:
                 ptx, _ = cuda.compile_ptx(kern.py_func, seq_sig, cc=cc)
             except Exception as exc:
@@ -58,11 +62,16 @@ def main(argv=None):
             extra = [op for op in f64 if not op.startswith(("cvt.", "sqrt.", "rcp."))]
             # only the split kernel may synchronise the grid (a cooperative launch)
             grid_sync = "cudaCG" in ptx
-            ok = (dtype == "float64" or not extra) and grid_sync == split
+            # per-lane arrays (scores, slots, accumulator, query) in registers: a float32
+            # kernel compiled for its sizes needs no local memory (float64 ones may, past
+            # LLVM's unrolling budget: reported)
+            local = len(re.findall(r"\b(?:ld|st)\.local", ptx))
+            ok = dtype == "float64" or (not extra and not local)
+            ok = ok and grid_sync == split
             failures += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {name}: {len(ptx)} bytes of PTX, "
-                  f"shfl={'shfl.sync' in ptx}, grid sync={grid_sync}, "
-                  f"f64 ops={sorted(set(f64))[:6]}")
+                  f"shfl={'shfl.sync' in ptx}, grid sync={grid_sync}, local memory "
+                  f"accesses={local}, f64 ops={sorted(set(f64))[:6]}")
         small = ((be._project_kernel, (A2, A1, A3, I1, A3, A3)), (be._fill_zero_kernel, (A1,)),
                  (be._nonfinite_kernel, (A3, I1, I1)))
         for kern, sig in small:

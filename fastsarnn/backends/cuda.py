@@ -192,10 +192,14 @@ _KERNELS = {}
 _KERNEL_LOCK = threading.Lock()
 
 
-def _sequence_kernel(dtype, shuffles, global_scratch, G, split=False):
-    """The sequence kernel for a dtype, warp-reduce flavour, scratch placement, G, and
-    whether it splits a sequence's positions over several blocks (a cooperative kernel)."""
-    key = (np.dtype(dtype).name, shuffles, global_scratch, G, bool(split))
+def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, W):
+    """The sequence kernel for a dtype, warp-reduce flavour, scratch placement, G, whether
+    it splits a sequence's positions over several blocks (a cooperative kernel), and the
+    sizes it is compiled for: hidden size ``H``, attention size ``Ha``, warp width ``W``
+    (so that each lane's slice of the accumulator and the query has a size known when the
+    kernel is compiled, and lives in registers)."""
+    key = (np.dtype(dtype).name, shuffles, global_scratch, G, bool(split), int(H), int(Ha),
+           int(W))
     with _KERNEL_LOCK:
         kern = _KERNELS.get(key)
         if kern is None:
@@ -203,10 +207,15 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split=False):
     return kern
 
 
-def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split=False):
+def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, H, Ha, W):
     tp = numba.float32 if dtype_name == "float32" else numba.float64
     warp_allsum = _make_warp_allsum(shuffles, G)
-    SPLIT = bool(split)     # compile-time: the branches of the other flavour fold away
+    # compile-time constants: the branches of the other flavour fold away, loops over a
+    # lane's dimensions have a fixed count
+    SPLIT = bool(split)
+    H_C, HA_C, W_C = int(H), int(Ha), int(W)
+    HPL = (H_C + W_C - 1) // W_C                       # a lane's dimensions of h
+    QPL = (max(H_C, HA_C) + W_C - 1) // W_C            # ... of the query (H or Ha)
 
     if SPLIT:   # only the split kernel may name the grid: that makes a launch cooperative
         @cuda.jit(device=True)
@@ -239,13 +248,13 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split=False)
         """
         tid = cuda.threadIdx.x
         NT = cuda.blockDim.x
-        W = NT if NT < WARP else WARP
+        W = W_C                 # min(NT, 32): the launch passes the matching block size
         lane = tid % W
         warp = tid // W
         NW = NT // W
         D = W_xT.shape[0]
-        H = W_cT.shape[0]
-        Ha = W_kT.shape[1]
+        H = H_C
+        Ha = HA_C
         keyed = score >= 3
         kdim = Ha if keyed else H
         PW = NT
@@ -265,6 +274,9 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split=False)
         zero = tp(0.0)
         neg_inf = tp(-math.inf)
         e_grp = cuda.local.array(G, tp)
+        slots = cuda.local.array(G, numba.int64)
+        acc_r = cuda.local.array(HPL, tp)      # this lane's dims lane + k*W of the warp's acc
+        q_r = cuda.local.array(QPL, tp)        # ... of the query
         inv_sqrt_h = tp(1.0 / math.sqrt(H))
         writer = bx == 0              # the block that writes outputs and the final state
         L = lengths[b]
@@ -349,6 +361,9 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split=False)
                         buf[o_q + a] = (buf[o_h + a] * inv_sqrt_h if score == 1
                                         else buf[o_h + a])
                 cuda.syncthreads()
+                for k in range(QPL):
+                    a = lane + k * W
+                    q_r[k] = buf[o_q + a] if a < kdim else zero
                 # (3) attention over positions [lo, hi) of each part this block owns (one
                 # part, all n positions, unless SPLIT): warp w takes groups of G positions,
                 # group it*NW + w holding lo + (it*NW + w)*G + g, g < G (G rows in flight
@@ -357,8 +372,8 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split=False)
                 for q in range(bx, P if SPLIT else 1, nbx):
                     lo = q * cs_len
                     hi = min(n, lo + cs_len)
-                    for d in range(lane, H, W):
-                        buf[o_acc + warp * H + d] = zero
+                    for k in range(HPL):
+                        acc_r[k] = zero
                     m = neg_inf
                     l = zero
                     cnt_pos = hi - lo if hi > lo else 0
@@ -369,43 +384,52 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split=False)
                             sl = first + i
                             if window > 0:
                                 sl = sl % window
+                            slots[g] = sl
                             part = zero
                             if i < hi:
-                                if score == 4:
-                                    for a in range(lane, Ha, W):
-                                        part += v[a] * math.tanh(keys[b, sl, a] + buf[o_q + a])
-                                elif keyed:
-                                    for a in range(lane, Ha, W):
-                                        part += keys[b, sl, a] * buf[o_q + a]
-                                else:
-                                    for d in range(lane, H, W):
-                                        part += hist[b, sl, d] * buf[o_q + d]
+                                for k in range(QPL):
+                                    a = lane + k * W
+                                    if a < kdim:
+                                        if score == 4:
+                                            part += v[a] * math.tanh(keys[b, sl, a] + q_r[k])
+                                        elif keyed:
+                                            part += keys[b, sl, a] * q_r[k]
+                                        else:
+                                            part += hist[b, sl, a] * q_r[k]
                             e_grp[g] = part
                         warp_allsum(e_grp, lane, W, buf, o_red, tid)
                         if i0 < hi:
                             cnt = min(G, hi - i0)
+                            # loops over all G (constant count, unrolled: e_grp and
+                            # slots stay in registers), positions past hi masked
                             if want_attn and lane == 0:   # raw scores; normalised in (4)
-                                for g in range(cnt):
-                                    i = i0 + g
-                                    attn[b, r, i if compact else first + i] = e_grp[g]
+                                for g in range(G):
+                                    if g < cnt:
+                                        i = i0 + g
+                                        attn[b, r, i if compact else first + i] = e_grp[g]
                             m_new = m
-                            for g in range(cnt):
-                                if e_grp[g] > m_new:
+                            for g in range(G):
+                                if g < cnt and e_grp[g] > m_new:
                                     m_new = e_grp[g]
                             scale = math.exp(m - m_new)          # exponent <= 0; e^-inf = 0
                             l = l * scale
-                            for g in range(cnt):
-                                e_grp[g] = math.exp(e_grp[g] - m_new)   # exponent <= 0
+                            for g in range(G):
+                                # weight, exponent <= 0; 0 past hi
+                                e_grp[g] = math.exp(e_grp[g] - m_new) if g < cnt else zero
                                 l += e_grp[g]
-                            for d in range(lane, H, W):
-                                acc = buf[o_acc + warp * H + d] * scale
-                                for g in range(cnt):
-                                    sl = first + i0 + g
-                                    if window > 0:
-                                        sl = sl % window
-                                    acc += e_grp[g] * hist[b, sl, d]
-                                buf[o_acc + warp * H + d] = acc
+                            for k in range(HPL):
+                                d = lane + k * W
+                                if d < H:
+                                    acc = acc_r[k] * scale
+                                    for g in range(G):
+                                        if g < cnt:
+                                            acc += e_grp[g] * hist[b, slots[g], d]
+                                    acc_r[k] = acc
                             m = m_new
+                    for k in range(HPL):
+                        d = lane + k * W
+                        if d < H:
+                            buf[o_acc + warp * H + d] = acc_r[k]
                     if lane == 0:
                         buf[o_m + warp] = m
                         buf[o_l + warp] = l
@@ -862,7 +886,8 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
         n_last = min(n_last, int(p.window))
 
     def kernel_and_args(P, nbx=1):
-        kern = _sequence_kernel(p.dtype, shuffles, global_scratch, G, P > 1)
+        kern = _sequence_kernel(p.dtype, shuffles, global_scratch, G, P > 1, H, p.Ha,
+                                min(nt, WARP))
         parts = (_workspace(w, "parts", (2, B, P, H + 2), p.dtype) if P > 1
                  else w["none4"])
         scratch = (_workspace(w, "scratch", (B * nbx, nscratch), p.dtype) if global_scratch
