@@ -131,6 +131,9 @@ def use_backend(name: str):
 
 
 def _requested(backend=None) -> str:
+    """The requested name, before ``"auto"`` is resolved: the argument, else the context's
+    choice, else :func:`set_backend`'s, else ``$FASTSARNN_BACKEND``, else ``"auto"``.
+    Raises ``ValueError`` for an unknown name."""
     if backend is not None:
         return _check_name(backend)
     for choice in (_context_choice.get(), _global_choice):
@@ -142,37 +145,31 @@ def _requested(backend=None) -> str:
     return "auto"
 
 
-def get_backend(backend: str | None = None) -> str:
-    """Name of the backend the current setting (or ``backend``) resolves to."""
+def _pick(backend=None) -> str:
+    """The one place a backend name is chosen: :func:`_requested`, with ``"auto"`` replaced
+    by the first available of ``AUTO_ORDER`` (``"numpy"`` if none is). An explicit name is
+    returned as is, available or not, and its module is not loaded here."""
     name = _requested(backend)
     if name != "auto":
         return name
     for cand in _config.AUTO_ORDER:
-        if not isinstance(_load(cand), _UnavailableBackend):
+        if type(_load(cand)) is not _UnavailableBackend:
             return cand
     return "numpy"
+
+
+def get_backend(backend: str | None = None) -> str:
+    """Name of the backend the current setting (or ``backend``) resolves to."""
+    return _pick(backend)
 
 
 def resolve(backend: str | None = None):
     """The backend module for this call; raises if an explicit choice cannot run.
 
-    The per-token path calls this once per step, so it is one pass: the setting, then the
-    loaded module (or, for ``"auto"``, the first available one).
+    The per-token path calls this once per step: :func:`_pick` chooses the name, then the
+    loaded module is looked up (a dict hit after the first call).
     """
-    if backend is None:
-        name = _context_choice.get() or _global_choice
-        if name is None:
-            env = os.environ.get(_config.ENV_BACKEND)
-            name = _check_name(env, f"backend in ${_config.ENV_BACKEND}") if env else "auto"
-    else:
-        name = _check_name(backend)
-    if name == "auto":
-        for cand in _config.AUTO_ORDER:
-            mod = _loaded.get(cand) or _load(cand)
-            if type(mod) is not _UnavailableBackend:
-                return mod
-        name = "numpy"
-    mod = _loaded.get(name) or _load(name)
+    mod = _load(_pick(backend))
     if type(mod) is _UnavailableBackend:
         mod._raise()
     return mod

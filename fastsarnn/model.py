@@ -602,7 +602,7 @@ class SelfAttentionRNN:
         # sum may only have overflowed, or the non-finite value sit in an inactive row).
         if check_finite and x.size and not math.isfinite(x.dot(x) if one_d else np.vdot(x, x)):
             if not np.isfinite(x).all():
-                _validate.first_nonfinite("x_t", x, None if one_d else act[:, None])
+                _validate.first_nonfinite("x_t", x, act if one_d else act[:, None])
         # -- all checks passed: from here on nothing may fail for the user's input --------
         device = be.__dict__.get("DEVICE", False)
         if not device:

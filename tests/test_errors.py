@@ -147,6 +147,25 @@ def test_nan_in_inactive_row_is_allowed(backend, primed):
     assert np.isfinite(h).all() and st.positions.tolist() == [4, 3]
 
 
+@pytest.mark.parametrize("shape", ["(D,)", "(1, D)"])
+def test_nan_in_an_inactive_single_row_is_allowed_whatever_its_shape(backend, shape):
+    # SPEC 2 and 4: only active rows are checked; x_t of shape (D,) is the one row of a
+    # batch-1 state, so active=[False] must exempt it exactly as it does shape (1, D).
+    model = make_model(score="kq", D=D, H=H, Ha=3)
+    st = model.init_state(1)
+    model.step(make_x(1, 1, D)[0, 0], st, backend=backend)
+    snap = snapshot(st)
+    x = np.full(D, np.nan) if shape == "(D,)" else np.full((1, D), np.nan)
+    h, c = model.step(x, st, active=np.array([False]), backend=backend)
+    assert h.shape == c.shape == x.shape[:-1] + (H,)
+    assert not h.any() and not c.any()
+    assert_same(st, snap)
+    # an active row is still checked, naming the position in x_t's own shape
+    with pytest.raises(ValueError, match=r"x_t\[0\]" if shape == "(D,)" else r"x_t\[0, 0\]"):
+        model.step(x, st, active=np.array([True]), backend=backend)
+    assert_same(st, snap)
+
+
 W = {"W_x": np.zeros((H, D)), "W_c": np.zeros((H, H)), "b": np.zeros(H)}
 CONSTRUCTOR_CASES = [
     ("W_x rank", dict(W, W_x=np.zeros(H)), ValueError, "W_x must have shape"),
