@@ -23,9 +23,10 @@ import sys
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cc", default="9.0", help="compute capability to compile for")
-    ap.add_argument("--sizes", type=int, nargs=3, default=(256, 64, 32),
-                    metavar=("H", "HA", "W"), help="the sizes a kernel is compiled for: "
-                    "hidden, attention, warp width (default: %(default)s)")
+    ap.add_argument("--sizes", type=int, nargs=3, default=(32, 8, 8),
+                    metavar=("W", "HPL", "QPL"), help="the sizes a kernel is compiled for: "
+                    "warp width, a lane's share of h and of the query (default: "
+                    "%(default)s, i.e. H = 256)")
     args = ap.parse_args(argv)
     cc = tuple(int(v) for v in args.cc.split("."))
 

@@ -3,7 +3,9 @@
 #   1. the CUDA parity, error and hardening suites at the production block size
 #      (FASTSARNN_TEST_CUDA_BLOCK = fastsarnn._config.CUDA_BLOCK_SIZE);
 #   2. fastsarnn bench with the GPU peers: --backends cuda,torch-cuda,torch-cuda-graph,c,
-#      configurations S, M, L, step, XL.
+#      configurations S, M, L, step, XL;
+#   3. benchmarks/cuda_split_compare.py: S, step, L with a sequence split over 1, 2, 4, 8,
+#      16 blocks and "auto" (checked against each other, then timed).
 # It prints the suites' summary lines and the bench table, installs nothing from the
 # network and stays within 5 minutes (each part has its own time limit).
 #
@@ -17,8 +19,9 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
-TESTS_LIMIT=${FASTSARNN_GPU_TESTS_S:-160}
-BENCH_LIMIT=${FASTSARNN_GPU_BENCH_S:-90}
+TESTS_LIMIT=${FASTSARNN_GPU_TESTS_S:-150}
+BENCH_LIMIT=${FASTSARNN_GPU_BENCH_S:-80}
+SPLIT_LIMIT=${FASTSARNN_GPU_SPLIT_S:-45}
 
 if [ "${1:-}" = "fetch" ]; then   # wheels for CPython 3.12 on x86-64 Linux
     cd "$ROOT"
@@ -66,6 +69,12 @@ timeout "$BENCH_LIMIT" "$PY" -m fastsarnn bench --backends cuda,torch-cuda,torch
 BENCH_RC=${PIPESTATUS[0]}
 [ "$BENCH_RC" = 124 ] && echo "(the bench ran past ${BENCH_LIMIT}s and was stopped)"
 
-echo "=== done in $(( $(date +%s) - START ))s: suites exit $TESTS_RC, bench exit $BENCH_RC;" \
-     "logs in $LOGS"
-[ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ]
+echo "=== one sequence over several blocks (CUDA_SPLIT_PARTS), limit ${SPLIT_LIMIT}s"
+timeout "$SPLIT_LIMIT" "$PY" "$ROOT/benchmarks/cuda_split_compare.py" --repeat 2 2>&1 \
+    | tee "$LOGS/split.log"
+SPLIT_RC=${PIPESTATUS[0]}
+[ "$SPLIT_RC" = 124 ] && echo "(the comparison ran past ${SPLIT_LIMIT}s and was stopped)"
+
+echo "=== done in $(( $(date +%s) - START ))s: suites exit $TESTS_RC, bench exit $BENCH_RC," \
+     "split comparison exit $SPLIT_RC; logs in $LOGS"
+[ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ] && [ "$SPLIT_RC" = 0 ]

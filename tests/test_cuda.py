@@ -332,7 +332,7 @@ def test_split_over_blocks_matches_the_reference(monkeypatch, score, recurrence,
     compact = window is not None
     b = model.forward(x[:, 6:], state=st, return_attention="window" if compact else True,
                       backend="cuda")
-    assert any(key[4] for key in be._KERNELS), "the split kernel did not run"
+    assert be.last_launch()["parts"] == parts, "the split kernel did not run"
     st_ref = model.init_state(2)
     ra = model.forward(x[:, :5], lengths=lengths, state=st_ref, return_attention=True,
                        backend="numpy")
@@ -377,6 +377,46 @@ def test_split_plan(monkeypatch):
         with pytest.raises(ValueError, match="CUDA_SPLIT_PARTS"):
             model.forward(make_x(1, 2, 5), state=st, backend="cuda")
     assert st.positions.tolist() == [0]
+
+
+def test_split_plan_on_a_gpu(monkeypatch):
+    """The GPU side of the plan, with the device's SM count and the cooperative-launch
+    limit stubbed: one block per part while all fit; a kernel that cannot be built (no
+    cudadevrt) falls back to one block per sequence with a warning, once."""
+    be = _be()
+
+    class Device:
+        MULTIPROCESSOR_COUNT = 132
+
+    limit = {"blocks": 264}
+
+    def cooperative_limit(kern, args, nt, shared_bytes):
+        if limit["blocks"] is None:
+            raise RuntimeError("cudadevrt not found")
+        return limit["blocks"]
+
+    monkeypatch.setattr(be, "SIMULATOR", False)
+    monkeypatch.setattr(be.cuda, "get_current_device", lambda: Device())
+    monkeypatch.setattr(be, "_cooperative_limit", cooperative_limit)
+    monkeypatch.setattr(be, "_SPLIT_ERROR", None)
+    monkeypatch.setattr(_config, "CUDA_SPLIT_MIN_POSITIONS", 256)
+    plan = lambda B, n: be._split_plan(B, n, lambda P: (None, ()), 512, 0)   # noqa: E731
+    assert plan(1, 1024) == (4, 4)          # 1024 positions: four parts of 256
+    assert plan(1, 511) == (1, 1)           # too short to split
+    assert plan(100, 4096) == (1, 1)        # more sequences than SMs / 2
+    limit["blocks"] = 80
+    assert plan(40, 4096) == (2, 2)         # three parts wanted, two blocks each fit
+    monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", 5)
+    limit["blocks"] = 6
+    assert plan(3, 8) == (5, 2)             # forced: two blocks share five parts
+    limit["blocks"] = 2
+    assert plan(3, 8) == (1, 1)             # not one block per sequence fits
+    limit["blocks"] = None
+    with pytest.warns(RuntimeWarning, match="cudadevrt not found"):
+        assert plan(1, 4096) == (1, 1)
+    limit["blocks"] = 264
+    assert plan(1, 4096) == (1, 1)          # remembered: not retried
+    assert "cudadevrt" in be._SPLIT_ERROR
 
 
 def test_bad_config_is_refused(monkeypatch):

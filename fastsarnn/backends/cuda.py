@@ -44,6 +44,7 @@ block, one block per sequence takes all ``P`` parts: the same partial and merge 
 import math
 import os
 import threading
+import warnings
 from importlib import metadata
 
 import numpy as np
@@ -194,12 +195,14 @@ _KERNEL_LOCK = threading.Lock()
 
 def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, W):
     """The sequence kernel for a dtype, warp-reduce flavour, scratch placement, G, whether
-    it splits a sequence's positions over several blocks (a cooperative kernel), and the
-    sizes it is compiled for: hidden size ``H``, attention size ``Ha``, warp width ``W``
-    (so that each lane's slice of the accumulator and the query has a size known when the
-    kernel is compiled, and lives in registers)."""
-    key = (np.dtype(dtype).name, shuffles, global_scratch, G, bool(split), int(H), int(Ha),
-           int(W))
+    it splits a sequence's positions over several blocks (a cooperative kernel), the warp
+    width ``W``, and a lane's share of ``h`` and of the query, ``ceil(H / W)`` and
+    ``ceil(max(H, Ha) / W)``: sizes known when the kernel is compiled, so that those
+    per-lane arrays live in registers (one kernel serves every ``H`` with the same share:
+    every ``H <= 32`` at the production block size)."""
+    W = int(W)
+    key = (np.dtype(dtype).name, shuffles, global_scratch, G, bool(split), W,
+           -(-int(H) // W), -(-max(int(H), int(Ha)) // W))
     with _KERNEL_LOCK:
         kern = _KERNELS.get(key)
         if kern is None:
@@ -207,15 +210,15 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, W):
     return kern
 
 
-def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, H, Ha, W):
+def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, W, HPL, QPL):
     tp = numba.float32 if dtype_name == "float32" else numba.float64
     warp_allsum = _make_warp_allsum(shuffles, G)
     # compile-time constants: the branches of the other flavour fold away, loops over a
     # lane's dimensions have a fixed count
     SPLIT = bool(split)
-    H_C, HA_C, W_C = int(H), int(Ha), int(W)
-    HPL = (H_C + W_C - 1) // W_C                       # a lane's dimensions of h
-    QPL = (max(H_C, HA_C) + W_C - 1) // W_C            # ... of the query (H or Ha)
+    W_C = int(W)
+    HPL = int(HPL)      # a lane's dimensions of h (lane + k*W, k < HPL): HPL*W >= H
+    QPL = int(QPL)      # ... of the query (H or Ha): QPL*W >= max(H, Ha)
 
     if SPLIT:   # only the split kernel may name the grid: that makes a launch cooperative
         @cuda.jit(device=True)
@@ -253,8 +256,8 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, H, Ha
         warp = tid // W
         NW = NT // W
         D = W_xT.shape[0]
-        H = H_C
-        Ha = HA_C
+        H = W_cT.shape[0]
+        Ha = W_kT.shape[1]
         keyed = score >= 3
         kdim = Ha if keyed else H
         PW = NT
@@ -805,6 +808,15 @@ def split_parts():
 
 
 _COOP_LIMITS = {}
+#: Why the split (cooperative) kernel cannot run in this process, once it failed to build.
+_SPLIT_ERROR = None
+_LAST_LAUNCH = {}
+
+
+def last_launch():
+    """The plan of this process's latest sequence-kernel launch: ``{"parts": P,
+    "blocks_per_sequence": nbx, "threads": nt, "global_scratch": bool}``."""
+    return dict(_LAST_LAUNCH)
 
 
 def _cooperative_limit(kern, args, nt, shared_bytes):
@@ -842,8 +854,19 @@ def _split_plan(B, n_last, kern_args_fn, nt, shared_bytes):
         return 1, 1
     if SIMULATOR:
         return P, 1
+    global _SPLIT_ERROR
+    if _SPLIT_ERROR is not None:
+        return 1, 1
     kern, args = kern_args_fn(P)
-    nbx = min(P, _cooperative_limit(kern, args, nt, shared_bytes) // B)
+    try:    # compiles and links the cooperative kernel (it needs CUDA's cudadevrt library)
+        limit = _cooperative_limit(kern, args, nt, shared_bytes)
+    except Exception as exc:
+        _SPLIT_ERROR = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"fastsarnn cuda backend: the kernel that splits a sequence over "
+                      f"several blocks cannot run here ({_SPLIT_ERROR}); every sequence "
+                      f"runs on one block", RuntimeWarning, stacklevel=2)
+        return 1, 1
+    nbx = min(P, limit // B)
     if choice == "auto":          # one block per part, as many as fit at once
         return (nbx, nbx) if nbx >= 2 else (1, 1)
     return (P, nbx) if nbx >= 1 else (1, 1)
@@ -904,6 +927,8 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
         threads = 256
         _project_kernel[(n + threads - 1) // threads, threads](
             w["W_x"], w["b"], d_x, d_len, d_out_h, d_out_c)
+    _LAST_LAUNCH.update(parts=P, blocks_per_sequence=nbx, threads=nt,
+                        global_scratch=global_scratch)
     kern[(nbx, B) if P > 1 else B, nt, 0, shared_bytes](*args)
     cuda.synchronize()
     if state._scratch:

@@ -1,0 +1,74 @@
+"""Time the ``"cuda"`` backend with each sequence split over 1, 2, 4, ... blocks.
+
+For the benchmark configurations S, step and L (one sequence: where the split matters),
+runs ``fastsarnn._config.CUDA_SPLIT_PARTS`` = 1 (one block per sequence), 2, 4, 8, 16 and
+``"auto"`` (the plan's choice), checks every result against the one-block result and the
+one-block result against the NumPy reference (the contract's tolerance), then times each
+(best of ``--repeat`` warm runs; compilation and warm-up excluded) and prints one line per
+configuration, with the plan "auto" used. Needs a GPU (the simulator never splits on
+"auto"). Usage: ``python benchmarks/cuda_split_compare.py [--repeat 3] [--config S ...]
+[--quick]``.
+"""
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+PARTS = (1, 2, 4, 8, 16, "auto")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--config", action="append", choices=("S", "step", "L"))
+    ap.add_argument("--quick", action="store_true",
+                    help="the small configurations of `fastsarnn bench --quick`")
+    args = ap.parse_args(argv)
+
+    import fastsarnn as fs
+    from fastsarnn import _config
+    from fastsarnn.backends import cuda as be
+    from fastsarnn.bench import suite
+
+    info = fs.backends()["cuda"]
+    if not info.available:
+        print(f"cuda unavailable: {info.reason}")
+        return 1
+    print(f"# {be.describe()}; CUDA_SPLIT_MIN_POSITIONS={_config.CUDA_SPLIT_MIN_POSITIONS}")
+    failures = 0
+    for name in args.config or ["S", "step", "L"]:
+        cfg = (suite.QUICK if args.quick else suite.CONFIGS)[name]
+        model, x = suite.make_problem(cfg)
+        ref = suite.runner(cfg, model, x, "numpy")()[0] if name != "L" else None
+        results, times = {}, {}
+        for parts in PARTS:
+            _config.CUDA_SPLIT_PARTS = parts
+            run = suite.runner(cfg, model, x, "cuda")
+            results[parts] = run()[0]             # compiles, warms up
+            if parts == "auto":
+                plan = be.last_launch()
+            best = float("inf")
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - t0)
+            times[parts] = best
+        _config.CUDA_SPLIT_PARTS = "auto"
+        tol = _config.TOLERANCE[cfg.dtype]
+        err = max(float(np.max(np.abs(results[p] - results[1]))) for p in PARTS)
+        err_ref = (float(np.max(np.abs(results[1] - ref))) if ref is not None
+                   else float("nan"))
+        # each float32 result is within tol of the float64 math: two differ by up to 2 tol
+        ok = err <= 2 * tol and (ref is None or err_ref <= tol)
+        failures += not ok
+        cells = " ".join(f"{p}: {times[p] * 1e3:.2f}" for p in PARTS)
+        print(f"{'ok  ' if ok else 'FAIL'} {name} (ms by parts) {cells} | auto ran "
+              f"{plan['parts']} parts on {plan['blocks_per_sequence']} blocks | max |parts - "
+              f"one block| {err:.1e}, max |one block - numpy| {err_ref:.1e}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
