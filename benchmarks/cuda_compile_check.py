@@ -5,7 +5,10 @@ script runs Numba's real CUDA compiler (type inference, NVVM) on every kernel va
 (float32/float64, shuffles/shared-memory warp reduce, shared/global scratch,
 one or several blocks per sequence) and reports any float64 arithmetic left in the
 float32 kernel, local memory in it (per-lane arrays must live in registers) and a grid
-barrier anywhere but in the split kernel. It needs NVVM, which the CUDA wheels
+barrier anywhere but in the split kernel; where ``ptxas`` is on the PATH (a CUDA toolkit),
+it also assembles each kernel and checks that its registers fit a block of the launch bound
+(65536 per block) and that the float32 kernels a GPU runs by default (shuffles, shared
+scratch) spill nothing; other spills are reported. It needs NVVM, which the CUDA wheels
 bring, for example (about 320 MB, into a scratch folder):
 
     pip install --target /tmp/cu13 --no-deps nvidia-nvvm==13.5.37 nvidia-cuda-nvrtc==13.5.37 \
@@ -16,17 +19,45 @@ bring, for example (about 320 MB, into a scratch folder):
 
 import argparse
 import itertools
+import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
+
+
+def _ptxas_usage(ptxas, ptx, cc):
+    """(registers per thread, bytes spilled) that ptxas reports for the PTX's kernel
+    (compiled as relocatable code, ``-c``: the split kernel calls into cudadevrt)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "kernel.ptx")
+        for attempt in range(2):
+            with open(src, "w") as f:
+                f.write(ptx)
+            out = subprocess.run([ptxas, f"-arch=sm_{cc[0]}{cc[1]}", "-v", "-c", src, "-o",
+                                  os.path.join(tmp, "kernel.cubin")],
+                                 capture_output=True, text=True)
+            info = out.stderr + out.stdout
+            older = re.search(r"current version is '([\d.]+)'", info)
+            if out.returncode == 0 or not older or attempt:
+                break
+            # an older ptxas than the NVVM that wrote the PTX: same instructions, lower .version
+            ptx = re.sub(r"^\.version [\d.]+", f".version {older.group(1)}", ptx, flags=re.M)
+        if out.returncode != 0:
+            raise RuntimeError(f"ptxas failed: {info.strip()[-500:]}")
+    regs = max(int(v) for v in re.findall(r"Used (\d+) registers", info))
+    spill = sum(int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", info))
+    return regs, spill
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cc", default="9.0", help="compute capability to compile for")
-    ap.add_argument("--sizes", type=int, nargs=3, default=(32, 8, 8),
-                    metavar=("W", "HPL", "QPL"), help="the sizes a kernel is compiled for: "
-                    "warp width, a lane's share of h and of the query (default: "
-                    "%(default)s, i.e. H = 256)")
+    ap.add_argument("--sizes", type=int, nargs=3, default=None,
+                    metavar=("NT", "HPL", "QPL"), help="the sizes a kernel is compiled for: "
+                    "threads per block, a lane's share of h and of the query (default: "
+                    "_config.CUDA_BLOCK_SIZE, and the shares of H = 256)")
     args = ap.parse_args(argv)
     cc = tuple(int(v) for v in args.cc.split("."))
 
@@ -38,6 +69,14 @@ def main(argv=None):
         compute_capability = cc
 
     dispatcher.get_current_device = lambda: TargetDevice()
+    if args.sizes is None:
+        nt = be._config.CUDA_BLOCK_SIZE
+        share = -(-256 // min(nt, be.WARP))
+        args.sizes = (nt, share, share)
+    nt = args.sizes[0]
+    ptxas = shutil.which("ptxas")
+    print(f"# sm_{cc[0]}{cc[1]}, block {nt} threads (launch bound), shares {args.sizes[1:]}; "
+          f"ptxas: {ptxas or 'not found (registers and spills unchecked)'}")
     failures = 0
     for dtype in ("float32", "float64"):
         f = t.float32 if dtype == "float32" else t.float64
@@ -52,7 +91,7 @@ def main(argv=None):
             kern = be._build_sequence_kernel(dtype, shuffles, global_scratch,
                                              be.rows_per_warp(), split, *args.sizes)
             try:
-                ptx, _ = cuda.compile_ptx(kern.py_func, seq_sig, cc=cc)
+                ptx, _ = cuda.compile_ptx(kern.py_func, seq_sig, cc=cc, launch_bounds=nt)
             except Exception as exc:
                 failures += 1
                 print(f"FAIL {name}: {type(exc).__name__}: {exc}")
@@ -69,10 +108,20 @@ def main(argv=None):
             local = len(re.findall(r"\b(?:ld|st)\.local", ptx))
             ok = dtype == "float64" or (not extra and not local)
             ok = ok and grid_sync == split
+            regs = ""
+            if ptxas:   # what the GPU will run: registers within the block's budget, spills
+                nregs, spill = _ptxas_usage(ptxas, ptx, cc)
+                fits = nregs * nt <= 65536
+                # what a GPU runs for float32 (shuffles, shared scratch) must not spill;
+                # the rest (the simulator's reduce, models too wide for shared memory,
+                # float64) is reported
+                gpu_default = dtype == "float32" and shuffles and not global_scratch
+                ok = ok and fits and not (gpu_default and spill)
+                regs = f", {nregs} registers x {nt} threads, {spill} bytes spilled"
             failures += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {name}: {len(ptx)} bytes of PTX, "
                   f"shfl={'shfl.sync' in ptx}, grid sync={grid_sync}, local memory "
-                  f"accesses={local}, f64 ops={sorted(set(f64))[:6]}")
+                  f"accesses={local}{regs}, f64 ops={sorted(set(f64))[:4]}")
         small = ((be._project_kernel, (A2, A1, A3, I1, A3, A3)), (be._fill_zero_kernel, (A1,)),
                  (be._nonfinite_kernel, (A3, I1, I1)))
         for kern, sig in small:

@@ -7,7 +7,7 @@ one-block result against the NumPy reference (the contract's tolerance), then ti
 (best of ``--repeat`` warm runs; compilation and warm-up excluded) and prints one line per
 configuration, with the plan "auto" used. Needs a GPU (the simulator never splits on
 "auto"). Usage: ``python benchmarks/cuda_split_compare.py [--repeat 3] [--config S ...]
-[--quick]``.
+[--quick] [--block N]``.
 """
 
 import argparse
@@ -25,6 +25,8 @@ def main(argv=None):
     ap.add_argument("--config", action="append", choices=("S", "step", "L"))
     ap.add_argument("--quick", action="store_true",
                     help="the small configurations of `fastsarnn bench --quick`")
+    ap.add_argument("--block", type=int, help="threads per block (default: "
+                    "_config.CUDA_BLOCK_SIZE; e.g. 4 to try the script on the simulator)")
     args = ap.parse_args(argv)
 
     import fastsarnn as fs
@@ -32,6 +34,8 @@ def main(argv=None):
     from fastsarnn.backends import cuda as be
     from fastsarnn.bench import suite
 
+    if args.block:
+        _config.CUDA_BLOCK_SIZE = args.block
     info = fs.backends()["cuda"]
     if not info.available:
         print(f"cuda unavailable: {info.reason}")
@@ -49,6 +53,10 @@ def main(argv=None):
             results[parts] = run()[0]             # compiles, warms up
             if parts == "auto":
                 plan = be.last_launch()
+            elif be.last_launch()["parts"] != parts:
+                failures += 1
+                print(f"FAIL {name}: {parts} parts forced, the launch ran "
+                      f"{be.last_launch()['parts']}")
             best = float("inf")
             for _ in range(args.repeat):
                 t0 = time.perf_counter()

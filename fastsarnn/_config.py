@@ -48,9 +48,12 @@ NUMBA_FASTMATH = frozenset({"contract", "reassoc", "arcp", "nsz"})
 #: is scored, exponentiated and summed while its rows stay in L1 (read at every call).
 NUMBA_ATTEND_CHUNK_BYTES = 32768
 
-#: Threads per CUDA block of the sequence kernel (a power of two in [2, 1024]; 16 warps:
-#: the warps split each step's attended positions); read at every launch.
-CUDA_BLOCK_SIZE = 512
+#: Threads per CUDA block of the sequence kernel (a power of two in [2, 1024]; 8 warps:
+#: the warps split each step's attended positions); read at every launch. The kernel is
+#: compiled with this as its launch bound, so registers per thread are capped at
+#: 65536 / CUDA_BLOCK_SIZE: 256 leaves 255, which ptxas (sm_90) needs for H = 256 without
+#: spilling (the split kernel uses 240); 512 would cap it at 128 and spill.
+CUDA_BLOCK_SIZE = 256
 #: Attended positions a warp of the CUDA kernel scores per round (rows in flight per warp;
 #: compile-time constant of the kernel). Read at launch.
 CUDA_ROWS_PER_WARP = 8

@@ -355,6 +355,8 @@ def test_split_at_the_production_block_size_and_global_scratch(monkeypatch):
         monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", block)
         monkeypatch.setattr(_config, "CUDA_SHARED_BYTES", shared)
         out = model.forward(x, return_attention=True, backend="cuda")
+        launch = _be().last_launch()
+        assert launch["parts"] == 2 and launch["global_scratch"] == (shared == 0)
         assert max_err(out.c, ref.c) <= tol(model)
         assert max_err(out.attention, ref.attention) <= tol(model)
 
@@ -387,6 +389,8 @@ def test_split_plan_on_a_gpu(monkeypatch):
 
     class Device:
         MULTIPROCESSOR_COUNT = 132
+        COOPERATIVE_LAUNCH = 1
+        id = 0
 
     limit = {"blocks": 264}
 
@@ -406,12 +410,18 @@ def test_split_plan_on_a_gpu(monkeypatch):
     assert plan(100, 4096) == (1, 1)        # more sequences than SMs / 2
     limit["blocks"] = 80
     assert plan(40, 4096) == (2, 2)         # three parts wanted, two blocks each fit
+    Device.COOPERATIVE_LAUNCH = 0
+    assert plan(1, 4096) == (1, 1)          # no cooperative launches on this device
+    Device.COOPERATIVE_LAUNCH = 1
     monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", 5)
     limit["blocks"] = 6
     assert plan(3, 8) == (5, 2)             # forced: two blocks share five parts
-    limit["blocks"] = 2
-    assert plan(3, 8) == (1, 1)             # not one block per sequence fits
+    limit["blocks"] = 3
+    assert plan(3, 8) == (1, 1)             # one block per sequence: no split
     limit["blocks"] = None
+    with pytest.raises(RuntimeError, match="cudadevrt"):
+        plan(1, 4096)                       # forced: the error, not a fallback
+    monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", "auto")
     with pytest.warns(RuntimeWarning, match="cudadevrt not found"):
         assert plan(1, 4096) == (1, 1)
     limit["blocks"] = 264

@@ -193,15 +193,17 @@ _KERNELS = {}
 _KERNEL_LOCK = threading.Lock()
 
 
-def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, W):
+def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt):
     """The sequence kernel for a dtype, warp-reduce flavour, scratch placement, G, whether
-    it splits a sequence's positions over several blocks (a cooperative kernel), the warp
-    width ``W``, and a lane's share of ``h`` and of the query, ``ceil(H / W)`` and
-    ``ceil(max(H, Ha) / W)``: sizes known when the kernel is compiled, so that those
-    per-lane arrays live in registers (one kernel serves every ``H`` with the same share:
-    every ``H <= 32`` at the production block size)."""
-    W = int(W)
-    key = (np.dtype(dtype).name, shuffles, global_scratch, G, bool(split), W,
+    it splits a sequence's positions over several blocks (a cooperative kernel), the block
+    size ``nt`` (its launch bound: the compiler keeps registers within what ``nt`` threads
+    may use) and a lane's share of ``h`` and of the query, ``ceil(H / W)`` and
+    ``ceil(max(H, Ha) / W)`` with ``W = min(nt, 32)``: sizes known when the kernel is
+    compiled, so that those per-lane arrays live in registers (models whose sizes give the
+    same shares share a kernel)."""
+    nt = int(nt)
+    W = min(nt, WARP)
+    key = (np.dtype(dtype).name, shuffles, global_scratch, G, bool(split), nt,
            -(-int(H) // W), -(-max(int(H), int(Ha)) // W))
     with _KERNEL_LOCK:
         kern = _KERNELS.get(key)
@@ -210,13 +212,17 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, W):
     return kern
 
 
-def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, W, HPL, QPL):
+def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, HPL, QPL):
     tp = numba.float32 if dtype_name == "float32" else numba.float64
     warp_allsum = _make_warp_allsum(shuffles, G)
     # compile-time constants: the branches of the other flavour fold away, loops over a
     # lane's dimensions have a fixed count
     SPLIT = bool(split)
-    W_C = int(W)
+    W_C = min(int(nt), WARP)
+    # the launch bound (not on the simulator, whose jit has no such option): without it the
+    # compiler may use more registers per thread than a block of nt threads can have
+    # (65536 per block), and the launch fails
+    kernel_options = {} if SIMULATOR else {"launch_bounds": int(nt)}
     HPL = int(HPL)      # a lane's dimensions of h (lane + k*W, k < HPL): HPL*W >= H
     QPL = int(QPL)      # ... of the query (H or Ha): QPL*W >= max(H, Ha)
 
@@ -251,7 +257,7 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, W, HP
         """
         tid = cuda.threadIdx.x
         NT = cuda.blockDim.x
-        W = W_C                 # min(NT, 32): the launch passes the matching block size
+        W = W_C                 # min(NT, 32): launched with the block size it was built for
         lane = tid % W
         warp = tid // W
         NW = NT // W
@@ -526,23 +532,25 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, W, HP
             return cuda.blockIdx.x, 0, 1
 
     if global_scratch:
-        @cuda.jit
+        @cuda.jit(**kernel_options)
         def sequence_kernel(W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score, recurrence,
                             window, inline_proj, x, lengths, hist, keys, hs, cs, positions,
                             out_h, out_c, attn, want_attn, compact, parts, P, scratch):
             b, bx, nbx = block_coords()
+            # the grid is exactly (nbx, B) when SPLIT: every block reaches the grid barrier
             if b < x.shape[0]:
                 run_sequence(b, bx, nbx, W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score,
                              recurrence, window, inline_proj, x, lengths, hist, keys, hs, cs,
                              positions, out_h, out_c, attn, want_attn, compact, parts, P,
                              scratch[b * nbx + bx])
     else:
-        @cuda.jit
+        @cuda.jit(**kernel_options)
         def sequence_kernel(W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score, recurrence,
                             window, inline_proj, x, lengths, hist, keys, hs, cs, positions,
                             out_h, out_c, attn, want_attn, compact, parts, P, scratch):
             b, bx, nbx = block_coords()
             buf = cuda.shared.array(0, tp)
+            # the grid is exactly (nbx, B) when SPLIT: every block reaches the grid barrier
             if b < x.shape[0]:
                 run_sequence(b, bx, nbx, W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score,
                              recurrence, window, inline_proj, x, lengths, hist, keys, hs, cs,
@@ -808,68 +816,80 @@ def split_parts():
 
 
 _COOP_LIMITS = {}
-#: Why the split (cooperative) kernel cannot run in this process, once it failed to build.
+#: Why the split (cooperative) kernel cannot run in this process, once it failed to build
+#: or launch under CUDA_SPLIT_PARTS="auto" (a forced count raises instead).
 _SPLIT_ERROR = None
-_LAST_LAUNCH = {}
+_LAST_LAUNCH = threading.local()
 
 
 def last_launch():
-    """The plan of this process's latest sequence-kernel launch: ``{"parts": P,
-    "blocks_per_sequence": nbx, "threads": nt, "global_scratch": bool}``."""
-    return dict(_LAST_LAUNCH)
+    """The plan of the calling thread's latest sequence-kernel launch: ``{"parts": P,
+    "blocks_per_sequence": nbx, "threads": nt, "global_scratch": bool}`` (``{}`` before
+    the first)."""
+    return dict(getattr(_LAST_LAUNCH, "plan", {}))
 
 
 def _cooperative_limit(kern, args, nt, shared_bytes):
-    """Blocks of ``kern`` (with ``args``) that fit on the GPU at once: the most a
-    cooperative launch may have. Compiles the kernel once; cached per kernel and size."""
-    key = (id(kern), nt, shared_bytes)
+    """Blocks of ``kern`` (with ``args``) that fit on the current GPU at once: the most a
+    cooperative launch may have. Compiles and links the kernel (once per signature)."""
+    argtypes = tuple(kern.typeof_pyval(a) for a in args)
+    key = (id(kern), argtypes, nt, shared_bytes, cuda.get_current_device().id)
     got = _COOP_LIMITS.get(key)
     if got is None:
-        compiled = kern.compile(tuple(kern.typeof_pyval(a) for a in args))
+        compiled = kern.compile(argtypes)
         got = _COOP_LIMITS[key] = int(compiled.max_cooperative_grid_blocks(nt, shared_bytes))
     return got
+
+
+def _split_failed(exc):
+    """Remember (and say once) that the split kernel cannot run here."""
+    global _SPLIT_ERROR
+    _SPLIT_ERROR = f"{type(exc).__name__}: {exc}"
+    warnings.warn(f"fastsarnn cuda backend: the kernel that splits a sequence over several "
+                  f"blocks cannot run here ({_SPLIT_ERROR}); every sequence runs on one "
+                  f"block", RuntimeWarning, stacklevel=3)
 
 
 def _split_plan(B, n_last, kern_args_fn, nt, shared_bytes):
     """``(P, blocks per sequence)``: the parts a sequence's attended positions are split
     into and the blocks that share them (each takes parts ``bx, bx + nbx, ...``).
 
-    ``_config.CUDA_SPLIT_PARTS="auto"``: on a GPU, split when every part gets at least
-    ``_config.CUDA_SPLIT_MIN_POSITIONS`` positions at the last step and the ``B * P``
-    blocks fit on the SMs (one block per part); never on the simulator, which runs blocks
-    one after another. An integer forces ``P`` (the simulator runs them on one block per
-    sequence: the same partial/merge code, which is how CI tests it). ``(1, 1)``: the
-    one-block-per-sequence kernel.
+    ``_config.CUDA_SPLIT_PARTS="auto"``: on a GPU that supports cooperative launches, split
+    when every part gets at least ``_config.CUDA_SPLIT_MIN_POSITIONS`` positions at the
+    last step and at least two blocks per sequence fit on the GPU at once (one block per
+    part); never on the simulator, which runs blocks one after another; once the split
+    kernel failed to build here (e.g. no cudadevrt), never again, with a warning. An
+    integer forces ``P``: on a GPU, with as many blocks per sequence as fit (at least two,
+    else no split), errors raised; on the simulator one block per sequence takes all ``P``
+    parts (the same partial and merge code). ``(1, 1)``: the one-block-per-sequence kernel.
     """
     choice = split_parts()
     if choice == "auto":
-        if SIMULATOR:
+        if SIMULATOR or _SPLIT_ERROR is not None:
+            return 1, 1
+        dev = cuda.get_current_device()
+        if not getattr(dev, "COOPERATIVE_LAUNCH", 1):
             return 1, 1
         min_pos = max(1, int(_config.CUDA_SPLIT_MIN_POSITIONS))
-        sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
-        P = min(n_last // min_pos, sms // B)
+        P = min(n_last // min_pos, dev.MULTIPROCESSOR_COUNT // B)
     else:
         P = choice
     if P < 2:
         return 1, 1
     if SIMULATOR:
         return P, 1
-    global _SPLIT_ERROR
-    if _SPLIT_ERROR is not None:
-        return 1, 1
     kern, args = kern_args_fn(P)
     try:    # compiles and links the cooperative kernel (it needs CUDA's cudadevrt library)
         limit = _cooperative_limit(kern, args, nt, shared_bytes)
     except Exception as exc:
-        _SPLIT_ERROR = f"{type(exc).__name__}: {exc}"
-        warnings.warn(f"fastsarnn cuda backend: the kernel that splits a sequence over "
-                      f"several blocks cannot run here ({_SPLIT_ERROR}); every sequence "
-                      f"runs on one block", RuntimeWarning, stacklevel=2)
+        if choice != "auto":
+            raise
+        _split_failed(exc)
         return 1, 1
     nbx = min(P, limit // B)
-    if choice == "auto":          # one block per part, as many as fit at once
-        return (nbx, nbx) if nbx >= 2 else (1, 1)
-    return (P, nbx) if nbx >= 1 else (1, 1)
+    if nbx < 2:
+        return 1, 1
+    return (nbx, nbx) if choice == "auto" else (P, nbx)
 
 
 def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, inline):
@@ -909,8 +929,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
         n_last = min(n_last, int(p.window))
 
     def kernel_and_args(P, nbx=1):
-        kern = _sequence_kernel(p.dtype, shuffles, global_scratch, G, P > 1, H, p.Ha,
-                                min(nt, WARP))
+        kern = _sequence_kernel(p.dtype, shuffles, global_scratch, G, P > 1, H, p.Ha, nt)
         parts = (_workspace(w, "parts", (2, B, P, H + 2), p.dtype) if P > 1
                  else w["none4"])
         scratch = (_workspace(w, "scratch", (B * nbx, nscratch), p.dtype) if global_scratch
@@ -927,10 +946,20 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
         threads = 256
         _project_kernel[(n + threads - 1) // threads, threads](
             w["W_x"], w["b"], d_x, d_len, d_out_h, d_out_c)
-    _LAST_LAUNCH.update(parts=P, blocks_per_sequence=nbx, threads=nt,
-                        global_scratch=global_scratch)
-    kern[(nbx, B) if P > 1 else B, nt, 0, shared_bytes](*args)
+    if P > 1:
+        try:
+            kern[(nbx, B), nt, 0, shared_bytes](*args)
+        except Exception as exc:   # the cooperative launch refused: nothing ran
+            if split_parts() != "auto":
+                raise
+            _split_failed(exc)
+            P, nbx = 1, 1
+            kern, args = kernel_and_args(P, nbx)
+    if P == 1:
+        kern[B, nt, 0, shared_bytes](*args)
     cuda.synchronize()
+    _LAST_LAUNCH.plan = dict(parts=P, blocks_per_sequence=nbx, threads=nt,
+                             global_scratch=global_scratch)
     if state._scratch:
         # The mapped h/c/positions are the model's shared workspace: give the one-call state
         # its own copies while the workspace lock is held, so that a concurrent call on the
