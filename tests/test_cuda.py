@@ -310,40 +310,66 @@ def test_production_block_size(monkeypatch):
 
 
 # -- one sequence's positions split over several blocks (a cooperative kernel) ----------------
+def _split_stream_matches_numpy(model, parts, blocks):
+    """Stream two sequences (lengths, forward, step, forward; dense or compact attention)
+    with the cuda backend and the NumPy reference; the launches must have used ``parts``
+    parts on ``blocks`` blocks per sequence."""
+    be = _be()
+    x = make_x(2, 9, 5)
+    lengths = np.array([5, 3])
+    compact = model.window is not None
+    outs = {}
+    for backend in ("cuda", "numpy"):
+        st = model.init_state(2)
+        a = model.forward(x[:, :5], lengths=lengths, state=st, return_attention=True,
+                          backend=backend)
+        h, _ = model.step(x[:, 5], st, backend=backend)
+        b = model.forward(x[:, 6:], state=st, return_attention="window" if compact else True,
+                          backend=backend)
+        if backend == "cuda":
+            launch = be.last_launch()
+            assert (launch["parts"], launch["blocks_per_sequence"]) == (parts, blocks)
+        outs[backend] = (a.h, a.c, a.attention, h, b.h, b.c, b.attention, st.h, st.c,
+                         st.hist, st.positions)
+    for got, want in zip(outs["cuda"], outs["numpy"]):
+        assert max_err(got, want) <= tol(model)
+    assert outs["cuda"][-1].tolist() == [9, 7]
+
+
 @pytest.mark.parametrize("parts", [2, 3])
 @pytest.mark.parametrize("score,recurrence,window", [
     ("dot", "c", None), ("scaled_dot", "hc", 3), ("general", "c", 4),
     ("kq", "hc", None), ("additive", "c", 3)])
 def test_split_over_blocks_matches_the_reference(monkeypatch, score, recurrence, window,
                                                  parts):
-    """Forced parts (on the simulator one block per sequence takes all of them: the same
-    partial and merge code a GPU runs with one block per part): lengths, streaming through
-    a state (forward, step, forward), dense and compact attention; early steps attend fewer
-    positions than there are parts (empty parts)."""
-    be = _be()
+    """Forced parts (on the simulator one block per sequence takes all of them; on a GPU,
+    one block per part): every score, lengths, streaming, dense and compact attention;
+    early steps attend fewer positions than there are parts (empty parts)."""
     monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", parts)
     model = make_model(score=score, recurrence=recurrence, window=window, D=5, H=6, Ha=4)
-    x = make_x(2, 9, 5)
-    lengths = np.array([5, 3])
-    st = model.init_state(2)
-    a = model.forward(x[:, :5], lengths=lengths, state=st, return_attention=True,
-                      backend="cuda")
-    h, _ = model.step(x[:, 5], st, backend="cuda")
-    compact = window is not None
-    b = model.forward(x[:, 6:], state=st, return_attention="window" if compact else True,
-                      backend="cuda")
-    assert be.last_launch()["parts"] == parts, "the split kernel did not run"
-    st_ref = model.init_state(2)
-    ra = model.forward(x[:, :5], lengths=lengths, state=st_ref, return_attention=True,
-                       backend="numpy")
-    rh, _ = model.step(x[:, 5], st_ref, backend="numpy")
-    rb = model.forward(x[:, 6:], state=st_ref, return_attention="window" if compact else True,
-                       backend="numpy")
-    for got, want in ((a.h, ra.h), (a.c, ra.c), (a.attention, ra.attention), (h, rh),
-                      (b.h, rb.h), (b.c, rb.c), (b.attention, rb.attention),
-                      (st.h, st_ref.h), (st.c, st_ref.c), (st.hist, st_ref.hist)):
-        assert max_err(got, want) <= tol(model)
-    assert st.positions.tolist() == st_ref.positions.tolist() == [9, 7]
+    _split_stream_matches_numpy(model, parts, 1 if _be().SIMULATOR else parts)
+
+
+@pytest.mark.parametrize("score,recurrence,window,parts,blocks,shared", [
+    ("dot", "c", None, 2, 2, True), ("kq", "hc", 3, 3, 2, True),
+    ("additive", "c", 4, 3, 3, False)])
+def test_split_blocks_running_concurrently(monkeypatch, score, recurrence, window, parts,
+                                           blocks, shared):
+    """Several blocks per sequence, all running at once and meeting at a real grid barrier
+    (the simulator patched by tests/_cuda_blocks.py): blocks that share parts, partials
+    exchanged through global memory, per-block scratch in shared or global memory."""
+    be = _be()
+    if not be.SIMULATOR:
+        pytest.skip("simulator harness; on a GPU test_split_over_blocks_matches_the_"
+                    "reference runs one block per part")
+    from _cuda_blocks import concurrent_blocks
+    concurrent_blocks(monkeypatch)
+    monkeypatch.setattr(be, "_split_plan", lambda *args: (parts, blocks))
+    if not shared:
+        monkeypatch.setattr(_config, "CUDA_SHARED_BYTES", 0)
+    model = make_model(score=score, recurrence=recurrence, window=window, D=5, H=6, Ha=4)
+    _split_stream_matches_numpy(model, parts, blocks)
+    assert be.last_launch()["global_scratch"] == (not shared)
 
 
 def test_split_at_the_production_block_size_and_global_scratch(monkeypatch):
