@@ -46,7 +46,10 @@ def _ptxas_usage(ptxas, ptx, cc):
             ptx = re.sub(r"^\.version [\d.]+", f".version {older.group(1)}", ptx, flags=re.M)
         if out.returncode != 0:
             raise RuntimeError(f"ptxas failed: {info.strip()[-500:]}")
-    regs = max(int(v) for v in re.findall(r"Used (\d+) registers", info))
+    used = re.findall(r"Used (\d+) registers", info)
+    if not used:
+        raise RuntimeError(f"no register count in ptxas -v output: {info.strip()[-500:]}")
+    regs = max(int(v) for v in used)
     spill = sum(int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", info))
     return regs, spill
 
@@ -90,6 +93,10 @@ def main(argv=None):
                     f" split={split}")
             kern = be._build_sequence_kernel(dtype, shuffles, global_scratch,
                                              be.rows_per_warp(), split, *args.sizes)
+            bound = kern.targetoptions.get("launch_bounds")
+            if bound != nt:     # the kernel itself must carry it (compile_ptx is told below)
+                failures += 1
+                print(f"FAIL {name}: the kernel's launch bound is {bound!r}, not {nt}")
             try:
                 ptx, _ = cuda.compile_ptx(kern.py_func, seq_sig, cc=cc, launch_bounds=nt)
             except Exception as exc:

@@ -51,8 +51,8 @@ NUMBA_ATTEND_CHUNK_BYTES = 32768
 #: Threads per CUDA block of the sequence kernel (a power of two in [2, 1024]; 8 warps:
 #: the warps split each step's attended positions); read at every launch. The kernel is
 #: compiled with this as its launch bound, so registers per thread are capped at
-#: 65536 / CUDA_BLOCK_SIZE: 256 leaves 255, which ptxas (sm_90) needs for H = 256 without
-#: spilling (the split kernel uses 240); 512 would cap it at 128 and spill.
+#: 65536 / CUDA_BLOCK_SIZE: 256 allows 255, and ptxas (sm_90) uses 206 for H = 256 (the
+#: split kernel 240) without spilling; 512 would cap them at 128 and spill.
 CUDA_BLOCK_SIZE = 256
 #: Attended positions a warp of the CUDA kernel scores per round (rows in flight per warp;
 #: compile-time constant of the kernel). Read at launch.
@@ -62,7 +62,8 @@ CUDA_ROWS_PER_WARP = 8
 #: barrier per step). "auto": on a GPU, as many parts as leave every part at least
 #: CUDA_SPLIT_MIN_POSITIONS positions at the last step, while all blocks fit on the SMs
 #: at once; 1 (one block per sequence) on the simulator. An integer >= 1 forces the count
-#: (1: never split; where fewer blocks fit, each takes several parts). Read at launch.
+#: (1: never split; where fewer blocks fit, each takes several parts, and where fewer than
+#: two per sequence fit, there is no split). Read at launch.
 CUDA_SPLIT_PARTS = "auto"
 CUDA_SPLIT_MIN_POSITIONS = 256
 #: Shared memory a block of the sequence kernel may use (bytes; 48 KiB needs no opt-in).

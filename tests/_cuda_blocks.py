@@ -9,7 +9,8 @@ another. :func:`concurrent_blocks` patches three pieces of the simulator for one
   block, waits for all of them (re-raising the first error);
 * the grid barrier (``cuda.cg.this_grid().sync()``) waits for every thread of every block;
   a kernel whose threads reach it unequally times out instead of hanging;
-* dynamic shared memory (``cuda.shared.array(0, ...)``) is one buffer per block.
+* dynamic shared memory (``cuda.shared.array(0, ...)``) is one buffer per block, filled
+  with NaN (a GPU leaves it uninitialised: a read before a write shows).
 
 So the blocks of a sequence run concurrently, exchange partials through global memory and
 meet at a real grid barrier, as on a GPU. It relies on the simulator's internals
@@ -75,8 +76,9 @@ def concurrent_blocks(monkeypatch, timeout=120.0):
         key = tuple(threading.current_thread().blockIdx)
         with lock:
             per_block = self.__dict__.setdefault("_per_block", {})
-            if key not in per_block:
-                per_block[key] = np.zeros_like(whole)
+            if key not in per_block:   # uninitialised on a GPU: NaN where it can be
+                per_block[key] = (np.full_like(whole, np.nan)
+                                  if whole.dtype.kind == "f" else np.zeros_like(whole))
             return per_block[key]
 
     monkeypatch.setattr(K, "BlockManager", ConcurrentBlockManager)

@@ -398,12 +398,15 @@ def test_split_plan(monkeypatch):
     assert be._split_plan(1, 4096, unused, 4, 0) == (1, 1)
     monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", 5)
     assert be._split_plan(3, 2, unused, 4, 0) == (5, 1)         # one block takes all five
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True, "many"])
+def test_bad_split_parts_are_refused(monkeypatch, bad):
     model = make_model(D=5, H=6)
     st = model.init_state(1)
-    for bad in (0, -2, 2.5, True, "many"):
-        monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", bad)
-        with pytest.raises(ValueError, match="CUDA_SPLIT_PARTS"):
-            model.forward(make_x(1, 2, 5), state=st, backend="cuda")
+    monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", bad)
+    with pytest.raises(ValueError, match="CUDA_SPLIT_PARTS"):
+        model.forward(make_x(1, 2, 5), state=st, backend="cuda")
     assert st.positions.tolist() == [0]
 
 
@@ -420,7 +423,7 @@ def test_split_plan_on_a_gpu(monkeypatch):
 
     limit = {"blocks": 264}
 
-    def cooperative_limit(kern, args, nt, shared_bytes):
+    def cooperative_limit(kern, args_fn, nt, shared_bytes):
         if limit["blocks"] is None:
             raise RuntimeError("cudadevrt not found")
         return limit["blocks"]
@@ -430,7 +433,7 @@ def test_split_plan_on_a_gpu(monkeypatch):
     monkeypatch.setattr(be, "_cooperative_limit", cooperative_limit)
     monkeypatch.setattr(be, "_SPLIT_ERROR", None)
     monkeypatch.setattr(_config, "CUDA_SPLIT_MIN_POSITIONS", 256)
-    plan = lambda B, n: be._split_plan(B, n, lambda P: (None, ()), 512, 0)   # noqa: E731
+    plan = lambda B, n: be._split_plan(B, n, lambda P: (None, tuple), 256, 0)   # noqa: E731
     assert plan(1, 1024) == (4, 4)          # 1024 positions: four parts of 256
     assert plan(1, 511) == (1, 1)           # too short to split
     assert plan(100, 4096) == (1, 1)        # more sequences than SMs / 2
@@ -453,6 +456,40 @@ def test_split_plan_on_a_gpu(monkeypatch):
     limit["blocks"] = 264
     assert plan(1, 4096) == (1, 1)          # remembered: not retried
     assert "cudadevrt" in be._SPLIT_ERROR
+
+
+@pytest.mark.parametrize("choice", ["auto", 2])
+def test_a_refused_split_launch(monkeypatch, choice):
+    """A cooperative launch the driver refuses (too many blocks, MPS limits): under "auto"
+    the call runs one block per sequence, warns once and never splits again; a forced
+    count raises the error and leaves the state as it was."""
+    be = _be()
+    real = be._sequence_kernel
+
+    class Refused:
+        def __getitem__(self, config):
+            def launch(*args):
+                raise RuntimeError("CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE")
+            return launch
+
+    monkeypatch.setattr(be, "_sequence_kernel", lambda *key: Refused() if key[4]
+                        else real(*key))
+    monkeypatch.setattr(be, "_split_plan", lambda *args: (2, 2))
+    monkeypatch.setattr(be, "_SPLIT_ERROR", None)
+    monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", choice)
+    model = make_model(score="kq", D=5, H=6, Ha=3)
+    x = make_x(2, 4, 5)
+    st = model.init_state(2)
+    if choice == "auto":
+        with pytest.warns(RuntimeWarning, match="COOPERATIVE_LAUNCH_TOO_LARGE"):
+            out = model.forward(x, state=st, backend="cuda")
+        assert be.last_launch()["parts"] == 1 and "TOO_LARGE" in be._SPLIT_ERROR
+        assert max_err(out.h, reference(model, x).h) <= tol(model)
+    else:
+        with pytest.raises(RuntimeError, match="TOO_LARGE"):
+            model.forward(x, state=st, backend="cuda")
+        assert st.positions.tolist() == [0, 0] and not st.h.any() and not st.hist.any()
+        assert be._SPLIT_ERROR is None
 
 
 def test_bad_config_is_refused(monkeypatch):

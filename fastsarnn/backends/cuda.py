@@ -32,7 +32,8 @@ downloads when the host copy is read); ``h``, ``c`` and ``positions`` are moved 
 (pinned, device-addressable) host memory on first use, so the kernel reads and writes the
 very arrays the user sees: writes to them between calls are honoured without a copy.
 
-Few sequences, long histories (fewer sequences than SMs): ``_config.CUDA_SPLIT_PARTS``
+Few sequences, long histories (at most half as many sequences as SMs, at least
+``2 * CUDA_SPLIT_MIN_POSITIONS`` positions): ``_config.CUDA_SPLIT_PARTS``
 splits each step's attended positions into ``P`` parts, one block each, all in one
 cooperative launch (the FlashDecoding split). Every block of a sequence computes the same
 ``h_t`` and query, reduces its part to a partial ``(acc, m, l)`` in global memory, waits at
@@ -829,14 +830,15 @@ def last_launch():
     return dict(getattr(_LAST_LAUNCH, "plan", {}))
 
 
-def _cooperative_limit(kern, args, nt, shared_bytes):
-    """Blocks of ``kern`` (with ``args``) that fit on the current GPU at once: the most a
-    cooperative launch may have. Compiles and links the kernel (once per signature)."""
-    argtypes = tuple(kern.typeof_pyval(a) for a in args)
-    key = (id(kern), argtypes, nt, shared_bytes, cuda.get_current_device().id)
+def _cooperative_limit(kern, args_fn, nt, shared_bytes):
+    """Blocks of ``kern`` that fit on the current GPU at once: the most a cooperative
+    launch may have. The first call per kernel, block and device compiles and links the
+    kernel for the arguments ``args_fn()``; later calls (every token of a stream) are a
+    dictionary lookup."""
+    key = (id(kern), nt, shared_bytes, cuda.get_current_device().id)
     got = _COOP_LIMITS.get(key)
     if got is None:
-        compiled = kern.compile(argtypes)
+        compiled = kern.compile(tuple(kern.typeof_pyval(a) for a in args_fn()))
         got = _COOP_LIMITS[key] = int(compiled.max_cooperative_grid_blocks(nt, shared_bytes))
     return got
 
@@ -862,6 +864,7 @@ def _split_plan(B, n_last, kern_args_fn, nt, shared_bytes):
     integer forces ``P``: on a GPU, with as many blocks per sequence as fit (at least two,
     else no split), errors raised; on the simulator one block per sequence takes all ``P``
     parts (the same partial and merge code). ``(1, 1)``: the one-block-per-sequence kernel.
+    ``kern_args_fn(P)`` gives the split kernel and a function that makes its arguments.
     """
     choice = split_parts()
     if choice == "auto":
@@ -878,9 +881,9 @@ def _split_plan(B, n_last, kern_args_fn, nt, shared_bytes):
         return 1, 1
     if SIMULATOR:
         return P, 1
-    kern, args = kern_args_fn(P)
+    kern, args_fn = kern_args_fn(P)
     try:    # compiles and links the cooperative kernel (it needs CUDA's cudadevrt library)
-        limit = _cooperative_limit(kern, args, nt, shared_bytes)
+        limit = _cooperative_limit(kern, args_fn, nt, shared_bytes)
     except Exception as exc:
         if choice != "auto":
             raise
@@ -939,7 +942,9 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
                       d_len, hist, keys, h_arg, c_arg, pos_arg, d_out_h, d_out_c, d_attn, want,
                       compact, parts, P, scratch)
 
-    P, nbx = _split_plan(B, n_last, kernel_and_args, nt, shared_bytes)
+    P, nbx = _split_plan(B, n_last, lambda P: (
+        _sequence_kernel(p.dtype, shuffles, global_scratch, G, True, H, p.Ha, nt),
+        lambda: kernel_and_args(P)[1]), nt, shared_bytes)
     kern, args = kernel_and_args(P, nbx)
     if not inline:
         n = B * T * H
