@@ -393,11 +393,11 @@ def test_split_plan(monkeypatch):
     if not be.SIMULATOR:
         pytest.skip("the simulator's plan (a GPU's depends on its SMs)")
     unused = lambda P: pytest.fail("the simulator needs no occupancy query")   # noqa: E731
-    assert be._split_plan(1, 4096, unused, 4, 0) == (1, 1)      # auto: never on the simulator
+    assert be._split_plan(1, 4096, unused, unused, 4, 0) == (1, 1)   # auto: never here
     monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", 1)
-    assert be._split_plan(1, 4096, unused, 4, 0) == (1, 1)
+    assert be._split_plan(1, 4096, unused, unused, 4, 0) == (1, 1)
     monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", 5)
-    assert be._split_plan(3, 2, unused, 4, 0) == (5, 1)         # one block takes all five
+    assert be._split_plan(3, 2, unused, unused, 4, 0) == (5, 1)  # one block takes all five
 
 
 @pytest.mark.parametrize("bad", [0, -2, 2.5, True, "many"])
@@ -433,7 +433,7 @@ def test_split_plan_on_a_gpu(monkeypatch):
     monkeypatch.setattr(be, "_cooperative_limit", cooperative_limit)
     monkeypatch.setattr(be, "_SPLIT_ERROR", None)
     monkeypatch.setattr(_config, "CUDA_SPLIT_MIN_POSITIONS", 256)
-    plan = lambda B, n: be._split_plan(B, n, lambda P: (None, tuple), 256, 0)   # noqa: E731
+    plan = lambda B, n: be._split_plan(B, n, lambda P: None, lambda P: (), 256, 0)  # noqa: E731
     assert plan(1, 1024) == (4, 4)          # 1024 positions: four parts of 256
     assert plan(1, 511) == (1, 1)           # too short to split
     assert plan(100, 4096) == (1, 1)        # more sequences than SMs / 2

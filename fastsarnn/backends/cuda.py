@@ -450,41 +450,35 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                     for w in range(1, NW):
                         if buf[o_m + w] > M:
                             M = buf[o_m + w]
-                    if SPLIT:
-                        # the part's partial: (sum_w acc_w e^(m_w - M), M, l); an empty
-                        # part is (0, -inf, 0)
-                        slotp = r % 2
-                        lsum = zero
-                        if hi > lo:
-                            for w in range(NW):
-                                lsum += buf[o_l + w] * math.exp(buf[o_m + w] - M)
-                        for j in range(tid, H, NT):
-                            acc = zero
-                            if hi > lo:
-                                for w in range(NW):
-                                    acc += buf[o_acc + w * H + j] * math.exp(buf[o_m + w] - M)
-                            parts[slotp, b, q, j] = acc
-                        if tid == 0:
-                            parts[slotp, b, q, H] = M if hi > lo else neg_inf
-                            parts[slotp, b, q, H + 1] = lsum
-                        cuda.syncthreads()      # o_acc, o_m, o_l are reused by the next part
-                    else:
-                        lsum = zero
+                    # SPLIT: the part's partial (sum_w acc_w e^(m_w - M), M, l), an empty
+                    # part (0, -inf, 0); else c_t = sum_w acc_w e^(m_w - M) / l (n >= 1)
+                    filled = hi > lo
+                    lsum = zero
+                    if filled:
                         for w in range(NW):
                             lsum += buf[o_l + w] * math.exp(buf[o_m + w] - M)
-                        inv_l = tp(1.0) / lsum
-                        for j in range(tid, H, NT):
-                            acc = zero
+                    inv_l = tp(1.0) / lsum if not SPLIT else zero
+                    slotp = r % 2
+                    for j in range(tid, H, NT):
+                        acc = zero
+                        if filled:
                             for w in range(NW):
                                 acc += buf[o_acc + w * H + j] * math.exp(buf[o_m + w] - M)
+                        if SPLIT:
+                            parts[slotp, b, q, j] = acc
+                        else:
                             cv = acc * inv_l
                             buf[o_c + j] = cv
                             out_c[b, r, j] = cv
-                        if want_attn:
-                            for i in range(tid, n, NT):
-                                col = i if compact else first + i
-                                attn[b, r, col] = math.exp(attn[b, r, col] - M) * inv_l
-                        cuda.syncthreads()
+                    if SPLIT:
+                        if tid == 0:
+                            parts[slotp, b, q, H] = M if filled else neg_inf
+                            parts[slotp, b, q, H + 1] = lsum
+                    elif want_attn:
+                        for i in range(tid, n, NT):
+                            col = i if compact else first + i
+                            attn[b, r, col] = math.exp(attn[b, r, col] - M) * inv_l
+                    cuda.syncthreads()      # o_acc, o_m, o_l are reused by the next part
             if SPLIT:
                 grid_sync()      # every part of every sequence has written its partial
                 if r < L:
@@ -852,7 +846,7 @@ def _split_failed(exc):
                   f"block", RuntimeWarning, stacklevel=3)
 
 
-def _split_plan(B, n_last, kern_args_fn, nt, shared_bytes):
+def _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes):
     """``(P, blocks per sequence)``: the parts a sequence's attended positions are split
     into and the blocks that share them (each takes parts ``bx, bx + nbx, ...``).
 
@@ -864,7 +858,8 @@ def _split_plan(B, n_last, kern_args_fn, nt, shared_bytes):
     integer forces ``P``: on a GPU, with as many blocks per sequence as fit (at least two,
     else no split), errors raised; on the simulator one block per sequence takes all ``P``
     parts (the same partial and merge code). ``(1, 1)``: the one-block-per-sequence kernel.
-    ``kern_args_fn(P)`` gives the split kernel and a function that makes its arguments.
+    ``kernel_for(P)`` and ``args_for(P)`` give the kernel and its arguments for ``P`` parts
+    (the arguments are made only when the kernel's cooperative limit is not known yet).
     """
     choice = split_parts()
     if choice == "auto":
@@ -881,9 +876,8 @@ def _split_plan(B, n_last, kern_args_fn, nt, shared_bytes):
         return 1, 1
     if SIMULATOR:
         return P, 1
-    kern, args_fn = kern_args_fn(P)
     try:    # compiles and links the cooperative kernel (it needs CUDA's cudadevrt library)
-        limit = _cooperative_limit(kern, args_fn, nt, shared_bytes)
+        limit = _cooperative_limit(kernel_for(P), lambda: args_for(P), nt, shared_bytes)
     except Exception as exc:
         if choice != "auto":
             raise
@@ -931,21 +925,21 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
     if p.window is not None:
         n_last = min(n_last, int(p.window))
 
-    def kernel_and_args(P, nbx=1):
-        kern = _sequence_kernel(p.dtype, shuffles, global_scratch, G, P > 1, H, p.Ha, nt)
+    def kernel_for(P):
+        return _sequence_kernel(p.dtype, shuffles, global_scratch, G, P > 1, H, p.Ha, nt)
+
+    def args_for(P, nbx=1):
         parts = (_workspace(w, "parts", (2, B, P, H + 2), p.dtype) if P > 1
                  else w["none4"])
         scratch = (_workspace(w, "scratch", (B * nbx, nscratch), p.dtype) if global_scratch
                    else w["none2"])
-        return kern, (w["W_x"], w["W_c"], w["b"], w["W_h"], w["W_s"], w["W_k"], w["W_q"],
-                      w["v"], p.score_code, p.recurrence_code, p.window or 0, inline, d_x,
-                      d_len, hist, keys, h_arg, c_arg, pos_arg, d_out_h, d_out_c, d_attn, want,
-                      compact, parts, P, scratch)
+        return (w["W_x"], w["W_c"], w["b"], w["W_h"], w["W_s"], w["W_k"], w["W_q"], w["v"],
+                p.score_code, p.recurrence_code, p.window or 0, inline, d_x, d_len, hist,
+                keys, h_arg, c_arg, pos_arg, d_out_h, d_out_c, d_attn, want, compact, parts,
+                P, scratch)
 
-    P, nbx = _split_plan(B, n_last, lambda P: (
-        _sequence_kernel(p.dtype, shuffles, global_scratch, G, True, H, p.Ha, nt),
-        lambda: kernel_and_args(P)[1]), nt, shared_bytes)
-    kern, args = kernel_and_args(P, nbx)
+    P, nbx = _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes)
+    kern, args = kernel_for(P), args_for(P, nbx)
     if not inline:
         n = B * T * H
         threads = 256
@@ -959,7 +953,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
                 raise
             _split_failed(exc)
             P, nbx = 1, 1
-            kern, args = kernel_and_args(P, nbx)
+            kern, args = kernel_for(P), args_for(P, nbx)
     if P == 1:
         kern[B, nt, 0, shared_bytes](*args)
     cuda.synchronize()
