@@ -15,7 +15,11 @@
 #   bash benchmarks/gpu_check.sh fetch    # on a machine with pip access: put the wheels
 #                                         # the GPU machine lacks (cffi, for the C backend)
 #                                         # into .whl/, to carry along
-# Environment: PYTHON (default python3); OUT (if set, the bench JSON and logs go there).
+# Environment: PYTHON (default python3); OUT (if set, the bench JSON and logs go there);
+# FASTSARNN_GPU_BLOCK (the suites' block size, default _config.CUDA_BLOCK_SIZE);
+# FASTSARNN_GPU_WORKERS (pytest-xdist processes for the suites where xdist is installed,
+# one test file each: kernels compile per process, so files run side by side; default 5);
+# FASTSARNN_GPU_TESTS_S, _BENCH_S, _SPLIT_S (each part's time limit, seconds).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
@@ -47,23 +51,39 @@ fi
 cd "$SITE"   # import the installed package, never the source tree
 "$PY" -m fastsarnn info
 PROD=$("$PY" -c "from fastsarnn import _config; print(_config.CUDA_BLOCK_SIZE)")
+BLOCK=${FASTSARNN_GPU_BLOCK:-$PROD}
+# The suites' time goes mostly into compiling kernels (seconds per variant, per process):
+# with pytest-xdist, one process per test file, side by side.
+PARALLEL=()
+if "$PY" -c "import xdist" 2>/dev/null; then
+    PARALLEL=(-n "${FASTSARNN_GPU_WORKERS:-5}" --dist loadfile)
+fi
+# the C backend is a reference point; the bench runs without it where it was not built
+PEERS=cuda,torch-cuda,torch-cuda-graph
+if "$PY" -c "import sys, fastsarnn; sys.exit(not fastsarnn.backends()['c'].available)"; then
+    PEERS=$PEERS,c
+else
+    echo "(the C backend is unavailable here: the bench runs without it)"
+fi
 
-echo "=== CUDA suites at the production block size ($PROD threads), limit ${TESTS_LIMIT}s"
-FASTSARNN_TEST_BACKENDS=cuda FASTSARNN_REQUIRE_BACKENDS=cuda FASTSARNN_TEST_CUDA_BLOCK=$PROD \
+echo "=== CUDA suites at block size $BLOCK (production: $PROD threads), limit ${TESTS_LIMIT}s"
+FASTSARNN_TEST_BACKENDS=cuda FASTSARNN_REQUIRE_BACKENDS=cuda FASTSARNN_TEST_CUDA_BLOCK=$BLOCK \
     timeout "$TESTS_LIMIT" "$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" \
+    "${PARALLEL[@]}" --durations=8 \
     -c "$ROOT/pyproject.toml" "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_parity.py" \
     "$ROOT/tests/test_equations.py" "$ROOT/tests/test_errors.py" \
     "$ROOT/tests/test_hardening.py" -k "not million and not valgrind and not long_sequence" \
     > "$LOGS/cuda_suites.log" 2>&1
 TESTS_RC=$?
-grep -E "^(FAILED|ERROR)|passed|failed|error" "$LOGS/cuda_suites.log" | tail -n 30
+grep -E "^(FAILED|ERROR)|passed|failed|error|^[0-9.]+s (call|setup)" "$LOGS/cuda_suites.log" \
+    | tail -n 40
 if [ "$TESTS_RC" = 124 ]; then
     tail -c 600 "$LOGS/cuda_suites.log"; echo
     echo "(the suites ran past ${TESTS_LIMIT}s and were stopped; progress above)"
 fi
 
 echo "=== fastsarnn bench with the GPU peers, limit ${BENCH_LIMIT}s"
-timeout "$BENCH_LIMIT" "$PY" -m fastsarnn bench --backends cuda,torch-cuda,torch-cuda-graph,c \
+timeout "$BENCH_LIMIT" "$PY" -m fastsarnn bench --backends "$PEERS" \
     --config S --config M --config L --config step --config XL --repeat 3 --no-progress \
     --json "$LOGS/gpu_bench.json" 2>&1 | tee "$LOGS/bench.log"
 BENCH_RC=${PIPESTATUS[0]}
