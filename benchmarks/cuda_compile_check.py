@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 
 def _ptxas_usage(ptxas, ptx, cc):
@@ -97,12 +98,14 @@ def main(argv=None):
             if bound != nt:     # the kernel itself must carry it (compile_ptx is told below)
                 failures += 1
                 print(f"FAIL {name}: the kernel's launch bound is {bound!r}, not {nt}")
+            t0 = time.perf_counter()
             try:
                 ptx, _ = cuda.compile_ptx(kern.py_func, seq_sig, cc=cc, launch_bounds=nt)
             except Exception as exc:
                 failures += 1
                 print(f"FAIL {name}: {type(exc).__name__}: {exc}")
                 continue
+            timing = f"compiled in {time.perf_counter() - t0:.1f} s"
             # float64 instructions other than the one-off constant 1/sqrt(H)
             f64 = [ln.split()[0] for ln in ptx.splitlines()
                    if re.match(r"\s*[a-z]", ln) and ".f64" in ln.split()[0]]
@@ -117,7 +120,9 @@ def main(argv=None):
             ok = ok and grid_sync == split
             regs = ""
             if ptxas:   # what the GPU will run: registers within the block's budget, spills
+                t0 = time.perf_counter()
                 nregs, spill = _ptxas_usage(ptxas, ptx, cc)
+                timing += f", ptxas {time.perf_counter() - t0:.1f} s"
                 fits = nregs * nt <= 65536
                 # what a GPU runs for float32 (shuffles, shared scratch) must not spill;
                 # the rest (the simulator's reduce, models too wide for shared memory,
@@ -128,7 +133,7 @@ def main(argv=None):
             failures += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {name}: {len(ptx)} bytes of PTX, "
                   f"shfl={'shfl.sync' in ptx}, grid sync={grid_sync}, local memory "
-                  f"accesses={local}{regs}, f64 ops={sorted(set(f64))[:4]}")
+                  f"accesses={local}{regs}, f64 ops={sorted(set(f64))[:4]}; {timing}")
         small = ((be._project_kernel, (A2, A1, A3, I1, A3, A3)), (be._fill_zero_kernel, (A1,)),
                  (be._nonfinite_kernel, (A3, I1, I1)))
         for kern, sig in small:

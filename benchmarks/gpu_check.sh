@@ -88,6 +88,14 @@ timeout "$BENCH_LIMIT" "$PY" -m fastsarnn bench --backends "$PEERS" \
     --json "$LOGS/gpu_bench.json" 2>&1 | tee "$LOGS/bench.log"
 BENCH_RC=${PIPESTATUS[0]}
 [ "$BENCH_RC" = 124 ] && echo "(the bench ran past ${BENCH_LIMIT}s and was stopped)"
+# cold start: the untimed first run of each runner (kernel compilation, graph capture)
+[ -s "$LOGS/gpu_bench.json" ] && "$PY" - "$LOGS/gpu_bench.json" <<'PYEOF'
+import json, sys
+recs = json.load(open(sys.argv[1]))
+recs = recs.get("records", recs) if isinstance(recs, dict) else recs
+print("first (untimed) run, s:", ", ".join(
+    f"{r['config']}/{r['backend']} {r['warmup_s']:.2f}" for r in recs if "warmup_s" in r))
+PYEOF
 
 echo "=== one sequence over several blocks (CUDA_SPLIT_PARTS), limit ${SPLIT_LIMIT}s"
 timeout "$SPLIT_LIMIT" "$PY" "$ROOT/benchmarks/cuda_split_compare.py" --repeat 2 \
