@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One-command GPU check of the "cuda" backend (issue 13), on a machine with an NVIDIA GPU:
 #   1. the CUDA parity, error and hardening suites at the production block size
-#      (FASTSARNN_TEST_CUDA_BLOCK = fastsarnn._config.CUDA_BLOCK_SIZE);
-#   2. fastsarnn bench with the GPU peers: --backends cuda,torch-cuda,torch-cuda-graph,c,
-#      configurations S, M, L, step, XL;
+#      (FASTSARNN_TEST_CUDA_BLOCK = fastsarnn._config.CUDA_BLOCK_SIZE, unless
+#      FASTSARNN_GPU_BLOCK says otherwise), with their slowest tests;
+#   2. fastsarnn bench with the GPU peers: --backends cuda,torch-cuda,torch-cuda-graph,c
+#      (c left out where the C backend was not built), configurations S, M, L, step, XL,
+#      then each runner's untimed first run (compilation, graph capture);
 #   3. benchmarks/cuda_split_compare.py: S, step, M with a sequence split over 1, 2, 4, 8,
 #      16 blocks and "auto" (checked against the float64 reference, then timed).
 # It prints the suites' summary lines and the bench table, installs nothing from the
@@ -37,6 +39,7 @@ if [ "${1:-}" = "fetch" ]; then   # wheels for CPython 3.12 on x86-64 Linux
 fi
 
 START=$(date +%s)
+stopped() { [ "$1" = 124 ] || [ "$1" = 137 ]; }   # timeout's codes: TERM, then KILL
 LOGS=${OUT:-$(mktemp -d)}
 mkdir -p "$LOGS"
 SITE=$(mktemp -d)
@@ -49,7 +52,7 @@ fi
 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
     --target "$SITE" . > "$LOGS/install.log" 2>&1 || { cat "$LOGS/install.log"; exit 1; }
 cd "$SITE"   # import the installed package, never the source tree
-"$PY" -m fastsarnn info
+timeout -k 10 60 "$PY" -m fastsarnn info 2>&1 | tee "$LOGS/info.log"
 PROD=$("$PY" -c "from fastsarnn import _config; print(_config.CUDA_BLOCK_SIZE)")
 BLOCK=${FASTSARNN_GPU_BLOCK:-$PROD}
 # The suites' time goes mostly into compiling kernels (seconds per variant, per process):
@@ -60,7 +63,7 @@ if "$PY" -c "import xdist" 2>/dev/null; then
 fi
 # the C backend is a reference point; the bench runs without it where it was not built
 PEERS=cuda,torch-cuda,torch-cuda-graph
-if "$PY" -c "import sys, fastsarnn; sys.exit(not fastsarnn.backends()['c'].available)"; then
+if grep -qE '^ +c +available' "$LOGS/info.log"; then
     PEERS=$PEERS,c
 else
     echo "(the C backend is unavailable here: the bench runs without it)"
@@ -68,7 +71,7 @@ fi
 
 echo "=== CUDA suites at block size $BLOCK (production: $PROD threads), limit ${TESTS_LIMIT}s"
 FASTSARNN_TEST_BACKENDS=cuda FASTSARNN_REQUIRE_BACKENDS=cuda FASTSARNN_TEST_CUDA_BLOCK=$BLOCK \
-    timeout "$TESTS_LIMIT" "$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" \
+    timeout -k 10 "$TESTS_LIMIT" "$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" \
     "${PARALLEL[@]}" --durations=8 \
     -c "$ROOT/pyproject.toml" "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_parity.py" \
     "$ROOT/tests/test_equations.py" "$ROOT/tests/test_errors.py" \
@@ -77,18 +80,20 @@ FASTSARNN_TEST_BACKENDS=cuda FASTSARNN_REQUIRE_BACKENDS=cuda FASTSARNN_TEST_CUDA
 TESTS_RC=$?
 grep -E "^(FAILED|ERROR)|passed|failed|error|^[0-9.]+s (call|setup)" "$LOGS/cuda_suites.log" \
     | tail -n 40
-if [ "$TESTS_RC" = 124 ]; then
+if stopped "$TESTS_RC"; then
     tail -c 600 "$LOGS/cuda_suites.log"; echo
     echo "(the suites ran past ${TESTS_LIMIT}s and were stopped; progress above)"
 fi
 
 echo "=== fastsarnn bench with the GPU peers, limit ${BENCH_LIMIT}s"
-timeout "$BENCH_LIMIT" "$PY" -m fastsarnn bench --backends "$PEERS" \
+rm -f "$LOGS/gpu_bench.json"     # written at the bench's end: none if it was stopped
+timeout -k 10 "$BENCH_LIMIT" "$PY" -m fastsarnn bench --backends "$PEERS" \
     --config S --config M --config L --config step --config XL --repeat 3 --no-progress \
     --json "$LOGS/gpu_bench.json" 2>&1 | tee "$LOGS/bench.log"
 BENCH_RC=${PIPESTATUS[0]}
-[ "$BENCH_RC" = 124 ] && echo "(the bench ran past ${BENCH_LIMIT}s and was stopped)"
+stopped "$BENCH_RC" && echo "(the bench ran past ${BENCH_LIMIT}s and was stopped)"
 # cold start: the untimed first run of each runner (kernel compilation, graph capture)
+[ -s "$LOGS/gpu_bench.json" ] || echo "(no bench JSON: no first-run times)"
 [ -s "$LOGS/gpu_bench.json" ] && "$PY" - "$LOGS/gpu_bench.json" <<'PYEOF'
 import json, sys
 recs = json.load(open(sys.argv[1]))
@@ -98,11 +103,11 @@ print("first (untimed) run, s:", ", ".join(
 PYEOF
 
 echo "=== one sequence over several blocks (CUDA_SPLIT_PARTS), limit ${SPLIT_LIMIT}s"
-timeout "$SPLIT_LIMIT" "$PY" "$ROOT/benchmarks/cuda_split_compare.py" --repeat 2 \
+timeout -k 10 "$SPLIT_LIMIT" "$PY" "$ROOT/benchmarks/cuda_split_compare.py" --repeat 2 \
     --config S --config step --config M 2>&1 \
     | tee "$LOGS/split.log"
 SPLIT_RC=${PIPESTATUS[0]}
-[ "$SPLIT_RC" = 124 ] && echo "(the comparison ran past ${SPLIT_LIMIT}s and was stopped)"
+stopped "$SPLIT_RC" && echo "(the comparison ran past ${SPLIT_LIMIT}s and was stopped)"
 
 echo "=== done in $(( $(date +%s) - START ))s: suites exit $TESTS_RC, bench exit $BENCH_RC," \
      "split comparison exit $SPLIT_RC; logs in $LOGS"
