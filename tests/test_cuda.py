@@ -540,6 +540,37 @@ def test_warp_allsum_gives_every_lane_the_same_sums():
             assert abs(out[w * width, 1] - 2 * seg.sum()) < 1e-12
 
 
+def test_launch_configurations_are_made_once_without_the_low_occupancy_warning():
+    """numba-cuda warns when a launch configuration of fewer than 128 blocks is made (a GPU
+    only: the simulator does not); one block per sequence is this backend's design, so its
+    own configurations are made without that warning, once per key; other warnings pass."""
+    import warnings
+    be = _be()
+
+    class Kernel:      # stands in for a dispatcher: warns as numba-cuda does on a GPU
+        made = 0
+
+        def __init__(self, extra=None):
+            self.extra = extra
+
+        def __getitem__(self, config):
+            Kernel.made += 1
+            warnings.warn(f"Grid size {config[0]} will likely result in GPU "
+                          f"under-utilization due to low occupancy.", RuntimeWarning)
+            if self.extra:
+                warnings.warn(self.extra, RuntimeWarning)
+            return ("configured", config)
+
+    kern = Kernel()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = be._configured(kern, 2, 256, 1024)
+        assert be._configured(kern, 2, 256, 1024) is first
+    assert first == ("configured", (2, 256, 0, 1024)) and Kernel.made == 1
+    with pytest.warns(RuntimeWarning, match="something else"):
+        be._configured(Kernel("something else"), 1, 32)
+
+
 # -- availability and the NumPy 2.5 compatibility step ------------------------------------------
 def test_availability_needs_a_kernel_that_ran(monkeypatch):
     be = _be()

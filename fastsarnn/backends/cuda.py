@@ -42,6 +42,7 @@ block holds bitwise the same ``c_t``. On the simulator, which runs cooperative g
 block, one block per sequence takes all ``P`` parts: the same partial and merge code.
 """
 
+import functools
 import math
 import os
 import threading
@@ -600,6 +601,30 @@ if _IMPORT_ERROR is None:
             out[i] = 2 * i + 1
 
 
+# -- launch configurations ----------------------------------------------------------------
+#: numba-cuda's warning (a NumbaPerformanceWarning, raised when a launch configuration is
+#: made) for grids of fewer than 128 blocks.
+_LOW_OCCUPANCY = r"Grid size \d+ will likely result in GPU under-utilization"
+_CONFIG_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1024)
+def _configured(kern, grid, block, shared=0):
+    """``kern[grid, block, 0, shared]``, made once per key and reused by every launch.
+
+    One block per sequence is this backend's design (a persistent kernel per sequence; a
+    one-token step or a small batch runs a few blocks), and the small data-parallel kernels
+    get small grids for small inputs: numba-cuda's low-occupancy warning would reach every
+    user of a batch under 128, with nothing for them to change. It is ignored here, for
+    fastsarnn's own launch configurations only, while each is made (other warnings pass;
+    ``warnings.catch_warnings`` swaps the process's filters for that moment, once per key,
+    under a lock). Reusing the configuration also saves making one per launch.
+    """
+    with _CONFIG_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_LOW_OCCUPANCY)
+        return kern[grid, block, 0, shared]
+
+
 # -- availability: a tiny kernel must compile and run in this process ----------------------
 _PROBE = None
 
@@ -620,7 +645,7 @@ def _probe():
             return False, ("no usable CUDA GPU or driver (numba.cuda.is_available() is "
                            "False); set NUMBA_ENABLE_CUDASIM=1 for the simulator")
         out = cuda.device_array(4, dtype=np.int64)
-        _probe_kernel[1, 4](out)
+        _configured(_probe_kernel, 1, 4)(out)
         got = out.copy_to_host()
         if got.tolist() != [1, 3, 5, 7]:
             return False, f"a test kernel ran but returned {got.tolist()}, not [1, 3, 5, 7]"
@@ -660,7 +685,7 @@ def _fill_zero(arr):
     n = arr.size
     if n:
         threads = 256
-        _fill_zero_kernel[(n + threads - 1) // threads, threads](arr.reshape(n))
+        _configured(_fill_zero_kernel, (n + threads - 1) // threads, threads)(arr.reshape(n))
 
 
 def zeros(shape, dtype):
@@ -682,8 +707,8 @@ def first_nonfinite(x, lengths):
         return None
     flag = cuda.to_device(np.array([size], dtype=np.int64))
     threads = 128
-    _nonfinite_kernel[(size + threads - 1) // threads, threads](x, cuda.to_device(lengths),
-                                                                flag)
+    _configured(_nonfinite_kernel, (size + threads - 1) // threads, threads)(
+        x, cuda.to_device(lengths), flag)
     i = int(flag.copy_to_host()[0])
     if i >= size:
         return None
@@ -943,11 +968,11 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
     if not inline:
         n = B * T * H
         threads = 256
-        _project_kernel[(n + threads - 1) // threads, threads](
+        _configured(_project_kernel, (n + threads - 1) // threads, threads)(
             w["W_x"], w["b"], d_x, d_len, d_out_h, d_out_c)
     if P > 1:
         try:
-            kern[(nbx, B), nt, 0, shared_bytes](*args)
+            _configured(kern, (nbx, B), nt, shared_bytes)(*args)
         except Exception as exc:   # the cooperative launch refused: nothing ran
             if split_parts() != "auto":
                 raise
@@ -955,7 +980,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
             P, nbx = 1, 1
             kern, args = kernel_for(P), args_for(P, nbx)
     if P == 1:
-        kern[B, nt, 0, shared_bytes](*args)
+        _configured(kern, B, nt, shared_bytes)(*args)
     cuda.synchronize()
     _LAST_LAUNCH.plan = dict(parts=P, blocks_per_sequence=nbx, threads=nt,
                              global_scratch=global_scratch)
