@@ -86,8 +86,9 @@ def main(argv=None):
         f = t.float32 if dtype == "float32" else t.float64
         A1, A2, A3, A4 = (t.Array(f, n, "C") for n in (1, 2, 3, 4))
         I1 = t.Array(t.int64, 1, "C")
-        seq_sig = (A2, A2, A1, A2, A2, A2, A2, A1, t.int64, t.int64, t.int64, t.boolean, A3,
-                   I1, A3, A3, A2, A2, I1, A3, A3, A3, t.boolean, t.boolean, A4, t.int64, A2)
+        i8 = t.int64
+        seq_sig = (A1, i8, i8, i8, i8, i8, i8, t.boolean, A3, I1, A3, A3, A2, A2, I1, A3, A3,
+                   A3, t.boolean, t.boolean, A4, i8, A2)
         for shuffles, global_scratch, split in itertools.product((True, False), (False, True),
                                                                   (False, True)):
             name = (f"sequence {dtype} shuffles={shuffles} global_scratch={global_scratch}"
@@ -134,7 +135,7 @@ def main(argv=None):
             print(f"{'ok  ' if ok else 'FAIL'} {name}: {len(ptx)} bytes of PTX, "
                   f"shfl={'shfl.sync' in ptx}, grid sync={grid_sync}, local memory "
                   f"accesses={local}{regs}, f64 ops={sorted(set(f64))[:4]}; {timing}")
-        small = ((be._project_kernel, (A2, A1, A3, I1, A3, A3)), (be._fill_zero_kernel, (A1,)),
+        small = ((be._project_kernel, (A1, t.int64, t.int64, A3, I1, A3, A3)), (be._fill_zero_kernel, (A1,)),
                  (be._nonfinite_kernel, (A3, I1, I1)))
         for kern, sig in small:
             cuda.compile_ptx(kern.py_func, sig, cc=cc)

@@ -570,6 +570,19 @@ def test_launch_configurations_are_made_once_without_the_low_occupancy_warning()
     with pytest.warns(RuntimeWarning, match="something else"):
         be._configured(Kernel("something else"), 1, 32)
 
+    class SelfConfiguring(Kernel):   # the simulator's kernels configure themselves
+        def __getitem__(self, config):
+            super().__getitem__(config)
+            self.config = config
+            return self
+
+    kern = SelfConfiguring()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert be._configured(kern, 2, 4).config == (2, 4, 0, 0)
+        be._configured(kern, 3, 4)
+        assert be._configured(kern, 2, 4).config == (2, 4, 0, 0)    # configured again
+
 
 # -- availability and the NumPy 2.5 compatibility step ------------------------------------------
 def test_availability_needs_a_kernel_that_ran(monkeypatch):

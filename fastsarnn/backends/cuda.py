@@ -42,7 +42,6 @@ block holds bitwise the same ``c_t``. On the simulator, which runs cooperative g
 block, one block per sequence takes all ``P`` parts: the same partial and merge code.
 """
 
-import functools
 import math
 import os
 import threading
@@ -191,6 +190,27 @@ def scratch_elements(H, Ha, D, nt, shuffles, G):
             + (0 if shuffles else G * nt))
 
 
+def _weight_layout(D, H, Ha):
+    """Offsets of ``W_x^T`` (D x H), ``W_c^T``, ``W_h^T``, ``W_s^T`` (H x H each), ``W_k^T``,
+    ``W_q^T`` (H x Ha each), ``b`` (H) and ``v`` (Ha) in the packed weight buffer, which
+    holds ``o_v + Ha`` elements; a weight the model lacks keeps its (zero) place. One
+    buffer instead of eight arrays: each array argument of a launch costs the host
+    microseconds in numba-cuda's argument marshalling, paid per token by ``step``."""
+    o_wx = 0
+    o_wc = o_wx + D * H
+    o_wh = o_wc + H * H
+    o_ws = o_wh + H * H
+    o_wk = o_ws + H * H
+    o_wq = o_wk + H * Ha
+    o_b = o_wq + H * Ha
+    o_v = o_b + H
+    return o_wx, o_wc, o_wh, o_ws, o_wk, o_wq, o_b, o_v
+
+
+if _IMPORT_ERROR is None:
+    weight_layout = cuda.jit(device=True)(_weight_layout)
+
+
 _KERNELS = {}
 _KERNEL_LOCK = threading.Lock()
 
@@ -238,7 +258,7 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
             pass
 
     @cuda.jit(device=True)
-    def run_sequence(b, bx, nbx, W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score,
+    def run_sequence(b, bx, nbx, wts, D, H, Ha, score,
                      recurrence, window, inline_proj, x, lengths, hist, keys, hs, cs,
                      positions, out_h, out_c, attn, want_attn, compact, parts, P, buf):
         """Sequence ``b`` for ``lengths[b]`` steps (module docstring); this block is part
@@ -263,9 +283,7 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         lane = tid % W
         warp = tid // W
         NW = NT // W
-        D = W_xT.shape[0]
-        H = W_cT.shape[0]
-        Ha = W_kT.shape[1]
+        o_wx, o_wc, o_wh, o_ws, o_wk, o_wq, o_b, o_v = weight_layout(D, H, Ha)
         keyed = score >= 3
         kdim = Ha if keyed else H
         PW = NT
@@ -318,17 +336,17 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                     k1 = min(H, (g + 1) * chunk)
                     s = zero
                     for k in range(g * chunk, k1):
-                        s += W_cT[k, j] * buf[o_c + k]
+                        s += wts[o_wc + k * H + j] * buf[o_c + k]
                     if recurrence == 1:
                         for k in range(g * chunk, k1):
-                            s += W_hT[k, j] * buf[o_h + k]
+                            s += wts[o_wh + k * H + j] * buf[o_h + k]
                     buf[o_part + idx] = s
                 cuda.syncthreads()
                 for j in range(tid, H, NT):
                     if inline_proj:
-                        s = bias[j]
+                        s = wts[o_b + j]
                         for k in range(D):
-                            s += W_xT[k, j] * buf[o_x + k]
+                            s += wts[o_wx + k * H + j] * buf[o_x + k]
                     else:
                         s = out_h[b, r, j]                   # W_x x_t + b, projected
                     for g in range(KS):
@@ -350,11 +368,11 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                         if keyed:
                             for k in range(g * chunkq, k1):
                                 hk = buf[o_h + k]
-                                sk += W_kT[k, a] * hk
-                                sq += W_qT[k, a] * hk
+                                sk += wts[o_wk + k * Ha + a] * hk
+                                sq += wts[o_wq + k * Ha + a] * hk
                         else:
                             for k in range(g * chunkq, k1):
-                                sq += W_sT[k, a] * buf[o_h + k]
+                                sq += wts[o_ws + k * H + a] * buf[o_h + k]
                         buf[o_part + idx] = sq
                         buf[o_part + PW + idx] = sk
                     cuda.syncthreads()
@@ -402,7 +420,7 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                                     a = lane + k * W
                                     if a < kdim:
                                         if score == 4:
-                                            part += v[a] * math.tanh(keys[b, sl, a] + q_r[k])
+                                            part += wts[o_v + a] * math.tanh(keys[b, sl, a] + q_r[k])
                                         elif keyed:
                                             part += keys[b, sl, a] * q_r[k]
                                         else:
@@ -529,26 +547,26 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
 
     if global_scratch:
         @cuda.jit(**kernel_options)
-        def sequence_kernel(W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score, recurrence,
+        def sequence_kernel(wts, D, H, Ha, score, recurrence,
                             window, inline_proj, x, lengths, hist, keys, hs, cs, positions,
                             out_h, out_c, attn, want_attn, compact, parts, P, scratch):
             b, bx, nbx = block_coords()
             # the grid is exactly (nbx, B) when SPLIT: every block reaches the grid barrier
             if b < x.shape[0]:
-                run_sequence(b, bx, nbx, W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score,
+                run_sequence(b, bx, nbx, wts, D, H, Ha, score,
                              recurrence, window, inline_proj, x, lengths, hist, keys, hs, cs,
                              positions, out_h, out_c, attn, want_attn, compact, parts, P,
                              scratch[b * nbx + bx])
     else:
         @cuda.jit(**kernel_options)
-        def sequence_kernel(W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score, recurrence,
+        def sequence_kernel(wts, D, H, Ha, score, recurrence,
                             window, inline_proj, x, lengths, hist, keys, hs, cs, positions,
                             out_h, out_c, attn, want_attn, compact, parts, P, scratch):
             b, bx, nbx = block_coords()
             buf = cuda.shared.array(0, tp)
             # the grid is exactly (nbx, B) when SPLIT: every block reaches the grid barrier
             if b < x.shape[0]:
-                run_sequence(b, bx, nbx, W_xT, W_cT, bias, W_hT, W_sT, W_kT, W_qT, v, score,
+                run_sequence(b, bx, nbx, wts, D, H, Ha, score,
                              recurrence, window, inline_proj, x, lengths, hist, keys, hs, cs,
                              positions, out_h, out_c, attn, want_attn, compact, parts, P, buf)
     return sequence_kernel
@@ -556,22 +574,23 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
 
 if _IMPORT_ERROR is None:
     @cuda.jit
-    def _project_kernel(W_xT, bias, x, lengths, out_h, out_c):
+    def _project_kernel(wts, D, Ha, x, lengths, out_h, out_c):
         """out_h[b, t] = W_x x[b, t] + b for t < lengths[b]; out_h, out_c = 0 elsewhere.
 
         One thread per (b, t, j); neighbouring threads read neighbouring words of W_x^T.
         """
         i = cuda.grid(1)
         B, T, H = out_h.shape
-        D = W_xT.shape[0]
-        if i < B * T * H and x.shape[0] == B and x.shape[1] == T and x.shape[2] == D:
+        o_wx, o_wc, o_wh, o_ws, o_wk, o_wq, o_b, o_v = weight_layout(D, H, Ha)
+        if (i < B * T * H and x.shape[0] == B and x.shape[1] == T and x.shape[2] == D
+                and wts.shape[0] == o_v + Ha):
             j = i % H
             t = (i // H) % T
             b = i // (H * T)
             if t < lengths[b]:
-                s = bias[j]
+                s = wts[o_b + j]
                 for k in range(D):
-                    s += W_xT[k, j] * x[b, t, k]
+                    s += wts[o_wx + k * H + j] * x[b, t, k]
                 out_h[b, t, j] = s
             else:
                 out_h[b, t, j] = 0
@@ -608,7 +627,9 @@ _LOW_OCCUPANCY = r"Grid size \d+ will likely result in GPU under-utilization"
 _CONFIG_LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=1024)
+_CONFIGS = {}
+
+
 def _configured(kern, grid, block, shared=0):
     """``kern[grid, block, 0, shared]``, made once per key and reused by every launch.
 
@@ -618,11 +639,20 @@ def _configured(kern, grid, block, shared=0):
     user of a batch under 128, with nothing for them to change. It is ignored here, for
     fastsarnn's own launch configurations only, while each is made (other warnings pass;
     ``warnings.catch_warnings`` swaps the process's filters for that moment, once per key,
-    under a lock). Reusing the configuration also saves making one per launch.
+    under a lock). Reusing the configuration also saves making one per launch. The
+    simulator configures the kernel object itself and returns it: that is never kept.
     """
-    with _CONFIG_LOCK, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_LOW_OCCUPANCY)
-        return kern[grid, block, 0, shared]
+    key = (kern, grid, block, shared)
+    conf = _CONFIGS.get(key)
+    if conf is None:
+        with _CONFIG_LOCK, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_LOW_OCCUPANCY)
+            conf = kern[grid, block, 0, shared]
+            if conf is not kern:
+                if len(_CONFIGS) >= 1024:     # grids vary with input sizes: stay bounded
+                    _CONFIGS.clear()
+                _CONFIGS[key] = conf
+    return conf
 
 
 # -- availability: a tiny kernel must compile and run in this process ----------------------
@@ -743,15 +773,17 @@ def _device_weights(p):
 
 
 def _upload_weights(p):
-    """Device copies of the weights (transposed), the model's lock and workspace."""
-    dummy = np.zeros((1, 1), dtype=p.dtype)
-    got = {}
-    for name in ("W_x", "W_c", "W_h", "W_s", "W_k", "W_q"):
+    """The packed weights on the device (matrices transposed; :func:`_weight_layout`), the
+    sizes the kernels take with them, the model's lock and workspace."""
+    D, H, Ha = p.D, p.H, (p.Ha or 1)
+    offsets = _weight_layout(D, H, Ha)
+    packed = np.zeros(offsets[-1] + Ha, dtype=p.dtype)
+    for name, off in zip(("W_x", "W_c", "W_h", "W_s", "W_k", "W_q", "b", "v"), offsets):
         arr = getattr(p, name)
-        got[name] = cuda.to_device(np.ascontiguousarray(arr.T if arr.size else dummy))
-    for name in ("b", "v"):
-        arr = getattr(p, name)
-        got[name] = cuda.to_device(np.ascontiguousarray(arr if arr.size else dummy[0]))
+        if arr.size:
+            flat = arr.T.ravel() if arr.ndim == 2 else arr
+            packed[off:off + flat.size] = flat
+    got = {"wts": cuda.to_device(packed), "sizes": (D, H, Ha)}
     got["lock"] = threading.Lock()     # one launch sequence at a time per workspace
     got["work"] = {}
     got["none"] = cuda.device_array((1, 1, 1), dtype=p.dtype)     # absent buffers
@@ -958,7 +990,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
                  else w["none4"])
         scratch = (_workspace(w, "scratch", (B * nbx, nscratch), p.dtype) if global_scratch
                    else w["none2"])
-        return (w["W_x"], w["W_c"], w["b"], w["W_h"], w["W_s"], w["W_k"], w["W_q"], w["v"],
+        return (w["wts"], *w["sizes"],
                 p.score_code, p.recurrence_code, p.window or 0, inline, d_x, d_len, hist,
                 keys, h_arg, c_arg, pos_arg, d_out_h, d_out_c, d_attn, want, compact, parts,
                 P, scratch)
@@ -969,7 +1001,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
         n = B * T * H
         threads = 256
         _configured(_project_kernel, (n + threads - 1) // threads, threads)(
-            w["W_x"], w["b"], d_x, d_len, d_out_h, d_out_c)
+            w["wts"], D, w["sizes"][2], d_x, d_len, d_out_h, d_out_c)
     if P > 1:
         try:
             _configured(kern, (nbx, B), nt, shared_bytes)(*args)
