@@ -5,10 +5,11 @@ script runs Numba's real CUDA compiler (type inference, NVVM) on every kernel va
 (float32/float64, shuffles/shared-memory warp reduce, shared/global scratch,
 one or several blocks per sequence) and reports any float64 arithmetic left in the
 float32 kernel, local memory in it (per-lane arrays must live in registers) and a grid
-barrier anywhere but in the split kernel; where ``ptxas`` is on the PATH (a CUDA toolkit),
-it also assembles each kernel and checks that its registers fit a block of the launch bound
-(65536 per block) and that the float32 kernels a GPU runs by default (shuffles, shared
-scratch) spill nothing; other spills are reported. It needs NVVM, which the CUDA wheels
+barrier anywhere but in the split kernel, and checks that a prepared launch (what ``step``
+uses) hands cuda.core exactly what numba-cuda's own launch does; where ``ptxas`` is on
+the PATH (a CUDA toolkit), it also assembles each kernel and checks that its registers fit
+a block of the launch bound (65536 per block) and that the float32 kernels a GPU runs by
+default (shuffles, shared scratch) spill nothing; other spills are reported. It needs NVVM, which the CUDA wheels
 bring, for example (about 320 MB, into a scratch folder):
 
     pip install --target /tmp/cu13 --no-deps nvidia-nvvm==13.5.37 nvidia-cuda-nvrtc==13.5.37 \
@@ -55,6 +56,59 @@ def _ptxas_usage(ptxas, ptx, cc):
     return regs, spill
 
 
+def _check_prepared_launch(be, cc, sizes):
+    """A prepared launch (``backends.cuda._prepare``, what ``step`` uses on a GPU after its
+    second token) must hand cuda.core's ``launch`` exactly what numba-cuda's own launch
+    does: the same stream, configuration, kernel and parameters. Both are run here with
+    cuda.core's ``launch``/``LaunchConfig`` recording instead of reaching a driver, on
+    stand-in device arrays (``cuda_launch_cost.py``), for the one-block and the split
+    (cooperative) float32 kernels. Returns the failures."""
+    import types as pytypes
+    import cuda.core
+    import numba.cuda.dispatcher as dispatcher
+    from numba.cuda import codegen
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from cuda_launch_cost import _stand_ins
+
+    class Context:     # what the code library asks for its target
+        device = pytypes.SimpleNamespace(compute_capability=cc, id=0)
+
+    class Config:
+        def __init__(self, **fields):
+            self.fields = fields
+
+    calls = []
+    codegen.devices = pytypes.SimpleNamespace(get_context=lambda *a: Context())
+    dispatcher._Kernel.bind = lambda self: None        # linking needs a driver
+    dispatcher.launch = cuda.core.launch = lambda *a: calls.append(a)
+    dispatcher.LaunchConfig = cuda.core.LaunchConfig = Config
+
+    def value(v):      # ctypes scalars compare by identity
+        return (type(v).__name__, v.value) if hasattr(v, "_type_") else v
+
+    failures = 0
+    nt, hpl, qpl = sizes
+    for split, grid in ((False, 2), (True, (2, 2))):
+        kern = be._build_sequence_kernel("float32", True, False, be.rows_per_warp(), split,
+                                         nt, hpl, qpl)
+        sig = be.sequence_signature("float32")
+        overload = kern.compile(sig)
+        overload._codelibrary.get_cufunc = lambda: pytypes.SimpleNamespace(kernel="cufunc")
+        args = tuple(v for _, v in _stand_ins(sig, {1: (128,), 2: (2, 128), 3: (2, 1, 128),
+                                                    4: (2, 2, 2, 130)}))
+        calls.clear()
+        kern[grid, nt, 0, 1024](*args)                      # numba-cuda's launch
+        be._prepare(kern, grid, nt, 1024, args)()           # the prepared one
+        (s1, c1, k1, *p1), (s2, c2, k2, *p2) = calls
+        same = (s1.handle == s2.handle and c1.fields == c2.fields and k1 == k2
+                and [value(v) for v in p1] == [value(v) for v in p2])
+        failures += not same
+        print(f"{'ok  ' if same else 'FAIL'} prepared launch, split={split}: "
+              f"{len(p1)} parameters, config {c1.fields}"
+              + ("" if same else f"; numba-cuda: {c1.fields} {p1}, prepared: {c2.fields} {p2}"))
+    return failures
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cc", default="9.0", help="compute capability to compile for")
@@ -84,11 +138,9 @@ def main(argv=None):
     failures = 0
     for dtype in ("float32", "float64"):
         f = t.float32 if dtype == "float32" else t.float64
-        A1, A2, A3, A4 = (t.Array(f, n, "C") for n in (1, 2, 3, 4))
+        A1, A3 = t.Array(f, 1, "C"), t.Array(f, 3, "C")
         I1 = t.Array(t.int64, 1, "C")
-        i8 = t.int64
-        seq_sig = (A1, i8, i8, i8, i8, i8, i8, t.boolean, A3, I1, A3, A3, A2, A2, I1, A3, A3,
-                   A3, t.boolean, t.boolean, A4, i8, A2)
+        seq_sig = be.sequence_signature(dtype)
         for shuffles, global_scratch, split in itertools.product((True, False), (False, True),
                                                                   (False, True)):
             name = (f"sequence {dtype} shuffles={shuffles} global_scratch={global_scratch}"
@@ -142,6 +194,7 @@ def main(argv=None):
             print(f"ok   {kern.py_func.__name__} {dtype}")
     cuda.compile_ptx(be._probe_kernel.py_func, (t.Array(t.int64, 1, "C"),), cc=cc)
     print("ok   _probe_kernel")
+    failures += _check_prepared_launch(be, cc, args.sizes)
     print(f"{failures} failure(s)")
     return 1 if failures else 0
 

@@ -584,6 +584,65 @@ def test_launch_configurations_are_made_once_without_the_low_occupancy_warning()
         assert be._configured(kern, 2, 4).config == (2, 4, 0, 0)    # configured again
 
 
+def _stand_in_prepare(be, made):
+    """For _prepare, which needs a GPU (cuda.core's launch): a launcher through numba-cuda
+    with the arguments it was made for, as a prepared launch would use them."""
+    def prepare(kern, grid, block, shared, args):
+        made.append(args)
+
+        def launcher():
+            launcher.used += 1
+            be._configured(kern, grid, block, shared)(*args)
+        launcher.used = 0
+        prepare.launchers.append(launcher)
+        return launcher
+    prepare.launchers = []
+    return prepare
+
+
+@pytest.mark.parametrize("capacity,prepared", [(16, 1), (4, 3)])
+def test_step_launches_are_prepared_once_per_set_of_buffers(monkeypatch, capacity, prepared):
+    """On a GPU, a step stream's launches with unchanged arguments skip numba-cuda's argument
+    marshalling: parameters made once, at the second launch with those arguments. With a
+    stand-in for _prepare: one preparation per set of buffers (the history reallocated as
+    the state grows from capacity 4: 4 -> 8 -> 16 makes new arguments), every later token
+    through it, and results equal the reference (a stale launch would use the old history)."""
+    be = _be()
+    made = []
+    prepare = _stand_in_prepare(be, made)
+    monkeypatch.setattr(be, "_PREPARE_LAUNCHES", True)
+    monkeypatch.setattr(be, "_PREPARED_ERROR", None)
+    monkeypatch.setattr(be, "_prepare", prepare)
+    model = make_model(score="kq", recurrence="hc", window=None, D=5, H=6, Ha=3)
+    x = make_x(2, 12, 5)
+    st = model.init_state(2, capacity=capacity)
+    hs = [model.step(x[:, t], st, backend="cuda")[0].copy() for t in range(12)]
+    assert max_err(np.stack(hs, 1), reference(model, x).h) <= tol(model)
+    assert len(made) == prepared
+    # a token is either new arguments, the preparing launch, or a prepared launch
+    assert sum(f.used for f in prepare.launchers) == 12 - 2 * prepared
+
+
+def test_a_failure_to_prepare_launches_warns_once_and_steps_go_on(monkeypatch):
+    be = _be()
+    tries = []
+
+    def broken(*args):
+        tries.append(1)
+        raise AttributeError("'_Kernel' object has no attribute '_prepare_args'")
+
+    monkeypatch.setattr(be, "_PREPARE_LAUNCHES", True)
+    monkeypatch.setattr(be, "_PREPARED_ERROR", None)
+    monkeypatch.setattr(be, "_prepare", broken)
+    model = make_model(score="dot", D=5, H=6)
+    x = make_x(1, 6, 5)
+    st = model.init_state(1)
+    with pytest.warns(RuntimeWarning, match="cannot prepare kernel launches") as rec:
+        hs = [model.step(x[:, t], st, backend="cuda")[0].copy() for t in range(6)]
+    assert len(rec) == 1 and tries == [1] and "_prepare_args" in be._PREPARED_ERROR
+    assert max_err(np.stack(hs, 1), reference(model, x).h) <= tol(model)
+
+
 # -- availability and the NumPy 2.5 compatibility step ------------------------------------------
 def test_availability_needs_a_kernel_that_ran(monkeypatch):
     be = _be()

@@ -32,6 +32,12 @@ downloads when the host copy is read); ``h``, ``c`` and ``positions`` are moved 
 (pinned, device-addressable) host memory on first use, so the kernel reads and writes the
 very arrays the user sees: writes to them between calls are honoured without a copy.
 
+Host time per launch: numba-cuda turns every argument into kernel parameters at every
+launch (microseconds per array), which ``step`` would pay per token. So the weights travel
+as one packed buffer (:func:`_weight_layout`), launch configurations are made once
+(:func:`_configured`), and a step stream's launches with unchanged arguments reuse
+parameters made once (:func:`_run`, :func:`_prepare`; on a GPU only).
+
 Few sequences, long histories (at most half as many sequences as SMs, at least
 ``2 * CUDA_SPLIT_MIN_POSITIONS`` positions): ``_config.CUDA_SPLIT_PARTS``
 splits each step's attended positions into ``P`` parts, one block each, all in one
@@ -42,6 +48,7 @@ block holds bitwise the same ``c_t``. On the simulator, which runs cooperative g
 block, one block per sequence takes all ``P`` parts: the same partial and merge code.
 """
 
+import functools
 import math
 import os
 import threading
@@ -209,6 +216,21 @@ def _weight_layout(D, H, Ha):
 
 if _IMPORT_ERROR is None:
     weight_layout = cuda.jit(device=True)(_weight_layout)
+
+
+def sequence_signature(dtype_name):
+    """Numba types of the sequence kernel's arguments, in order (what a launch passes: the
+    packed weights and their sizes, codes and flags, then the arrays; C-contiguous)."""
+    from numba import types as t
+    f = t.float32 if dtype_name == "float32" else t.float64
+    A1, A2, A3, A4 = (t.Array(f, n, "C") for n in (1, 2, 3, 4))
+    I1, i8, flag = t.Array(t.int64, 1, "C"), t.int64, t.boolean
+    return (A1, i8, i8, i8,                     # wts, D, H, Ha
+            i8, i8, i8, flag,                   # score, recurrence, window, inline_proj
+            A3, I1, A3, A3,                     # x, lengths, hist, keys
+            A2, A2, I1,                         # hs, cs, positions
+            A3, A3, A3, flag, flag,             # out_h, out_c, attn, want_attn, compact
+            A4, i8, A2)                         # parts, P, scratch
 
 
 _KERNELS = {}
@@ -655,6 +677,93 @@ def _configured(kern, grid, block, shared=0):
     return conf
 
 
+#: Prepared launches (:func:`_run`): on a GPU; the simulator launches through numba-cuda.
+_PREPARE_LAUNCHES = _IMPORT_ERROR is None and not SIMULATOR
+#: Why prepared launches are off for this process, once preparing failed.
+_PREPARED_ERROR = None
+
+
+def _launch_api():
+    """cuda.core's ``launch``/``LaunchConfig`` and numba-cuda's helpers, as numba-cuda's own
+    ``_Kernel.launch`` uses them (imported on first use: a GPU only)."""
+    from cuda.core import LaunchConfig, launch
+    from numba.cuda._compat import CUDA_CORE_GE_1_0
+    from numba.cuda.cudadrv.driver import _to_core_stream
+    from numba.cuda.errors import normalize_kernel_dimensions
+    coop = "is_cooperative" if CUDA_CORE_GE_1_0 else "cooperative_launch"
+    return launch, LaunchConfig, coop, _to_core_stream, normalize_kernel_dimensions
+
+
+def _prepare(kern, grid, block, shared, args):
+    """A zero-argument callable that launches ``kern`` with ``args`` as numba-cuda would,
+    with the kernel parameters made once (numba-cuda's ``_prepare_args``, ~5 us of host
+    time per array argument, here paid once instead of per launch); or None where that
+    cannot be done exactly (no compiled overload of exactly these types, a debug kernel,
+    an argument that needs copying back)."""
+    launch, LaunchConfig, coop, to_stream, normalize = _launch_api()
+    overload = kern.overloads.get(tuple(kern.typeof_pyval(a) for a in args))
+    if overload is None or getattr(overload, "debug", False):
+        return None
+    stream = to_stream(0)
+    params, writeback = [], []
+    for ty, val in zip(overload.argument_types, args):
+        overload._prepare_args(ty, val, stream, writeback, params)
+    if writeback:
+        return None
+    griddim, blockdim = normalize(grid, block)
+    config = LaunchConfig(grid=griddim, block=blockdim, shmem_size=shared,
+                          **{coop: overload.cooperative})
+    return functools.partial(launch, stream, config,
+                             overload._codelibrary.get_cufunc().kernel, *params)
+
+
+def _launch_key(kern, grid, block, shared, args):
+    """What a prepared launch must match: the kernel, its configuration, the identity of
+    every array argument and the value of every int/bool one (about 1.5 us for the step's
+    23 arguments here; any other scalar type counts by identity: never matched)."""
+    return (id(kern), grid, block, shared,
+            [a if type(a) is int or type(a) is bool else id(a) for a in args])
+
+
+def _run(kern, grid, block, shared, args, slot=None):
+    """Launch ``kern[grid, block, 0, shared](*args)``.
+
+    ``slot`` (a dict a caller keeps, such as a state's step stage) remembers its latest
+    launch: once the very same argument objects and values come twice in a row (every
+    token of a ``step`` stream, until a buffer is reallocated), their kernel parameters are
+    made once (:func:`_prepare`) and later launches with them skip numba-cuda's argument
+    marshalling. The arguments are held with the parameters, so an unchanged ``id`` is the
+    same object with the same device pointer; arguments that change at every call are
+    never prepared. On the simulator, and for good once preparing failed (saying why
+    once), every launch goes through numba-cuda.
+    """
+    global _PREPARED_ERROR
+    if slot is None or not _PREPARE_LAUNCHES or _PREPARED_ERROR is not None:
+        _configured(kern, grid, block, shared)(*args)
+        return
+    key = _launch_key(kern, grid, block, shared, args)
+    got = slot.get("prepared")            # (key, arguments held, launcher, tried)
+    if got is not None and got[0] == key and got[2] is not None:
+        got[2]()
+        return
+    _configured(kern, grid, block, shared)(*args)     # compiles on first use
+    if got is None or got[0] != key:      # new arguments: prepare if they come again
+        slot["prepared"] = (key, (kern, args), None, False)
+        return
+    if got[3]:                            # tried: these arguments cannot be prepared
+        return
+    try:
+        launcher = _prepare(kern, grid, block, shared, args)
+    except Exception as exc:     # numba-cuda or cuda.core internals not as expected
+        _PREPARED_ERROR = f"{type(exc).__name__}: {exc}"
+        slot.pop("prepared", None)
+        warnings.warn(f"fastsarnn cuda backend: cannot prepare kernel launches here "
+                      f"({_PREPARED_ERROR}); each launch goes through numba-cuda",
+                      RuntimeWarning, stacklevel=3)
+        return
+    slot["prepared"] = (key, (kern, args), launcher, True)
+
+
 # -- availability: a tiny kernel must compile and run in this process ----------------------
 _PROBE = None
 
@@ -800,7 +909,11 @@ def _workspace(w, name, shape, dtype):
     if buf is None or buf.size < n:
         size = max(n, 2 * (0 if buf is None else buf.size), 1)
         buf = w["work"][name] = cuda.device_array(size, dtype=dtype)
-    return buf[:n].reshape(shape)
+    # the same view object while buffer and shape stay (a stable launch argument, _run)
+    view = w["work"].get((name, "view"))
+    if view is None or view[0] is not buf or view[1] != tuple(shape):
+        view = w["work"][(name, "view")] = (buf, tuple(shape), buf[:n].reshape(shape))
+    return view[2]
 
 
 def _mapped_workspace(w, name, shape, dtype):
@@ -946,8 +1059,10 @@ def _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes):
     return (nbx, nbx) if choice == "auto" else (P, nbx)
 
 
-def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, inline):
-    """Checks, then the projection (unless ``inline``) and the sequence kernel."""
+def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, inline,
+            slot=None):
+    """Checks, then the projection (unless ``inline``) and the sequence kernel (launched
+    through :func:`_run` with ``slot``)."""
     B, T, D = d_x.shape
     H = p.H
     shuffles = use_shuffles()
@@ -1004,7 +1119,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
             w["wts"], D, w["sizes"][2], d_x, d_len, d_out_h, d_out_c)
     if P > 1:
         try:
-            _configured(kern, (nbx, B), nt, shared_bytes)(*args)
+            _run(kern, (nbx, B), nt, shared_bytes, args, slot)
         except Exception as exc:   # the cooperative launch refused: nothing ran
             if split_parts() != "auto":
                 raise
@@ -1012,7 +1127,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
             P, nbx = 1, 1
             kern, args = kernel_for(P), args_for(P, nbx)
     if P == 1:
-        _configured(kern, B, nt, shared_bytes)(*args)
+        _run(kern, B, nt, shared_bytes, args, slot)
     cuda.synchronize()
     _LAST_LAUNCH.plan = dict(parts=P, blocks_per_sequence=nbx, threads=nt,
                              global_scratch=global_scratch)
@@ -1070,8 +1185,8 @@ def step(p, x, active, state, out_h, out_c, num_threads=None):
                 "c": cuda.device_array((B, 1, p.H), dtype=p.dtype)}
         stage["x"][0][:, 0, :] = x
         stage["len"][0][...] = active
-        _launch(p, w, stage["x"][1], stage["len"][0], stage["len"][1], state, stage["h"], stage["c"], None,
-                False, True)
+        _launch(p, w, stage["x"][1], stage["len"][0], stage["len"][1], state, stage["h"],
+                stage["c"], None, False, True, slot=stage)
     rows = active[:, None]
     np.copyto(out_h, state.h, where=rows)
     np.copyto(out_c, state.c, where=rows)
