@@ -540,12 +540,16 @@ def test_warp_allsum_gives_every_lane_the_same_sums():
             assert abs(out[w * width, 1] - 2 * seg.sum()) < 1e-12
 
 
-def test_launch_configurations_are_made_once_without_the_low_occupancy_warning():
+def test_launch_configurations_are_made_once_without_the_low_occupancy_warning(monkeypatch):
     """numba-cuda warns when a launch configuration of fewer than 128 blocks is made (a GPU
-    only: the simulator does not); one block per sequence is this backend's design, so its
-    own configurations are made without that warning, once per key; other warnings pass."""
+    only: the simulator does not), unless its CUDA_LOW_OCCUPANCY_WARNINGS is off; one
+    block per sequence is this backend's design, so that switch is off while its own
+    configurations are made (once per key) and restored after; other warnings pass."""
+    import types
     import warnings
     be = _be()
+    numba_config = types.SimpleNamespace(CUDA_LOW_OCCUPANCY_WARNINGS=1)
+    monkeypatch.setattr(be, "_occupancy_config", lambda: numba_config)
 
     class Kernel:      # stands in for a dispatcher: warns as numba-cuda does on a GPU
         made = 0
@@ -555,8 +559,9 @@ def test_launch_configurations_are_made_once_without_the_low_occupancy_warning()
 
         def __getitem__(self, config):
             Kernel.made += 1
-            warnings.warn(f"Grid size {config[0]} will likely result in GPU "
-                          f"under-utilization due to low occupancy.", RuntimeWarning)
+            if numba_config.CUDA_LOW_OCCUPANCY_WARNINGS:
+                warnings.warn(f"Grid size {config[0]} will likely result in GPU "
+                              f"under-utilization due to low occupancy.", RuntimeWarning)
             if self.extra:
                 warnings.warn(self.extra, RuntimeWarning)
             return ("configured", config)
@@ -567,6 +572,7 @@ def test_launch_configurations_are_made_once_without_the_low_occupancy_warning()
         first = be._configured(kern, 2, 256, 1024)
         assert be._configured(kern, 2, 256, 1024) is first
     assert first == ("configured", (2, 256, 0, 1024)) and Kernel.made == 1
+    assert numba_config.CUDA_LOW_OCCUPANCY_WARNINGS == 1          # restored
     with pytest.warns(RuntimeWarning, match="something else"):
         be._configured(Kernel("something else"), 1, 32)
 
@@ -577,11 +583,9 @@ def test_launch_configurations_are_made_once_without_the_low_occupancy_warning()
             return self
 
     kern = SelfConfiguring()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert be._configured(kern, 2, 4).config == (2, 4, 0, 0)
-        be._configured(kern, 3, 4)
-        assert be._configured(kern, 2, 4).config == (2, 4, 0, 0)    # configured again
+    assert be._configured(kern, 2, 4).config == (2, 4, 0, 0)
+    be._configured(kern, 3, 4)
+    assert be._configured(kern, 2, 4).config == (2, 4, 0, 0)    # configured again
 
 
 def _stand_in_prepare(be, made):
@@ -613,6 +617,7 @@ def test_step_launches_are_prepared_once_per_set_of_buffers(monkeypatch, capacit
     monkeypatch.setattr(be, "_PREPARE_LAUNCHES", True)
     monkeypatch.setattr(be, "_PREPARED_ERROR", None)
     monkeypatch.setattr(be, "_prepare", prepare)
+    monkeypatch.setattr(be, "_current_context", lambda: be)     # one context throughout
     model = make_model(score="kq", recurrence="hc", window=None, D=5, H=6, Ha=3)
     x = make_x(2, 12, 5)
     st = model.init_state(2, capacity=capacity)
@@ -621,6 +626,29 @@ def test_step_launches_are_prepared_once_per_set_of_buffers(monkeypatch, capacit
     assert len(made) == prepared
     # a token is either new arguments, the preparing launch, or a prepared launch
     assert sum(f.used for f in prepare.launchers) == 12 - 2 * prepared
+
+
+def test_a_prepared_step_launch_is_not_used_in_another_context(monkeypatch):
+    """A prepared launch holds one context's kernel and pointers: a thread whose current
+    context is another (another device) launches through numba-cuda and prepares anew."""
+    be = _be()
+    made = []
+    prepare = _stand_in_prepare(be, made)
+    context = [object()]
+    monkeypatch.setattr(be, "_PREPARE_LAUNCHES", True)
+    monkeypatch.setattr(be, "_PREPARED_ERROR", None)
+    monkeypatch.setattr(be, "_prepare", prepare)
+    monkeypatch.setattr(be, "_current_context", lambda: context[0])
+    model = make_model(score="dot", D=5, H=6)
+    x = make_x(1, 8, 5)
+    st = model.init_state(1, capacity=16)
+    hs = []
+    for t in range(8):
+        if t == 4:
+            context[0] = object()
+        hs.append(model.step(x[:, t], st, backend="cuda")[0].copy())
+    assert max_err(np.stack(hs, 1), reference(model, x).h) <= tol(model)
+    assert len(made) == 2 and [f.used for f in prepare.launchers] == [2, 2]
 
 
 def test_a_failure_to_prepare_launches_warns_once_and_steps_go_on(monkeypatch):
@@ -634,6 +662,7 @@ def test_a_failure_to_prepare_launches_warns_once_and_steps_go_on(monkeypatch):
     monkeypatch.setattr(be, "_PREPARE_LAUNCHES", True)
     monkeypatch.setattr(be, "_PREPARED_ERROR", None)
     monkeypatch.setattr(be, "_prepare", broken)
+    monkeypatch.setattr(be, "_current_context", lambda: be)
     model = make_model(score="dot", D=5, H=6)
     x = make_x(1, 6, 5)
     st = model.init_state(1)

@@ -643,13 +643,18 @@ if _IMPORT_ERROR is None:
 
 
 # -- launch configurations ----------------------------------------------------------------
-#: numba-cuda's warning (a NumbaPerformanceWarning, raised when a launch configuration is
-#: made) for grids of fewer than 128 blocks.
-_LOW_OCCUPANCY = r"Grid size \d+ will likely result in GPU under-utilization"
 _CONFIG_LOCK = threading.Lock()
-
-
 _CONFIGS = {}
+
+
+def _occupancy_config():
+    """numba-cuda's configuration module as its dispatcher reads it, whose
+    ``CUDA_LOW_OCCUPANCY_WARNINGS`` decides the low-occupancy warning when a launch
+    configuration is made (None on the simulator, which does not warn)."""
+    if SIMULATOR:
+        return None
+    import numba.cuda.dispatcher as dispatcher
+    return getattr(dispatcher, "config", None)
 
 
 def _configured(kern, grid, block, shared=0):
@@ -657,19 +662,26 @@ def _configured(kern, grid, block, shared=0):
 
     One block per sequence is this backend's design (a persistent kernel per sequence; a
     one-token step or a small batch runs a few blocks), and the small data-parallel kernels
-    get small grids for small inputs: numba-cuda's low-occupancy warning would reach every
-    user of a batch under 128, with nothing for them to change. It is ignored here, for
-    fastsarnn's own launch configurations only, while each is made (other warnings pass;
-    ``warnings.catch_warnings`` swaps the process's filters for that moment, once per key,
-    under a lock). Reusing the configuration also saves making one per launch. The
-    simulator configures the kernel object itself and returns it: that is never kept.
+    get small grids for small inputs: numba-cuda's warning for grids under 128 blocks would
+    reach every user of a batch under 128, with nothing for them to change. So numba-cuda's
+    ``CUDA_LOW_OCCUPANCY_WARNINGS`` is off while fastsarnn makes a configuration (under a
+    lock, once per key; the warnings machinery is not touched, other warnings pass). Reusing
+    the configuration also saves making one per launch. The simulator configures the kernel
+    object itself and returns it: that is never kept.
     """
     key = (kern, grid, block, shared)
     conf = _CONFIGS.get(key)
     if conf is None:
-        with _CONFIG_LOCK, warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_LOW_OCCUPANCY)
-            conf = kern[grid, block, 0, shared]
+        with _CONFIG_LOCK:
+            cfg = _occupancy_config()
+            before = getattr(cfg, "CUDA_LOW_OCCUPANCY_WARNINGS", None)
+            if before:
+                cfg.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+            try:
+                conf = kern[grid, block, 0, shared]
+            finally:
+                if before:
+                    cfg.CUDA_LOW_OCCUPANCY_WARNINGS = before
             if conf is not kern:
                 if len(_CONFIGS) >= 1024:     # grids vary with input sizes: stay bounded
                     _CONFIGS.clear()
@@ -681,6 +693,14 @@ def _configured(kern, grid, block, shared=0):
 _PREPARE_LAUNCHES = _IMPORT_ERROR is None and not SIMULATOR
 #: Why prepared launches are off for this process, once preparing failed.
 _PREPARED_ERROR = None
+
+
+def _current_context():
+    """numba-cuda's context of the calling thread, made current as numba-cuda's own launch
+    does (``get_cufunc``): cuda.core's ``launch`` on the default stream needs one, and a
+    prepared launch is only valid in the context it was prepared in."""
+    from numba.cuda.cudadrv import devices
+    return devices.get_context()
 
 
 def _launch_api():
@@ -720,7 +740,8 @@ def _prepare(kern, grid, block, shared, args):
 def _launch_key(kern, grid, block, shared, args):
     """What a prepared launch must match: the kernel, its configuration, the identity of
     every array argument and the value of every int/bool one (about 1.5 us for the step's
-    23 arguments here; any other scalar type counts by identity: never matched)."""
+    23 arguments here; a scalar of another type counts by identity, so only the very same
+    object matches)."""
     return (id(kern), grid, block, shared,
             [a if type(a) is int or type(a) is bool else id(a) for a in args])
 
@@ -729,26 +750,27 @@ def _run(kern, grid, block, shared, args, slot=None):
     """Launch ``kern[grid, block, 0, shared](*args)``.
 
     ``slot`` (a dict a caller keeps, such as a state's step stage) remembers its latest
-    launch: once the very same argument objects and values come twice in a row (every
-    token of a ``step`` stream, until a buffer is reallocated), their kernel parameters are
-    made once (:func:`_prepare`) and later launches with them skip numba-cuda's argument
-    marshalling. The arguments are held with the parameters, so an unchanged ``id`` is the
-    same object with the same device pointer; arguments that change at every call are
-    never prepared. On the simulator, and for good once preparing failed (saying why
+    launch: once the very same argument objects and values come twice in a row, in the
+    same CUDA context (the tokens of a ``step`` stream, until a buffer is reallocated or
+    the split plan changes), their kernel parameters are made once (:func:`_prepare`) and
+    later launches with them skip numba-cuda's argument marshalling. The arguments and the
+    context are held with the parameters, so an unchanged ``id`` is the same object with
+    the same device pointer; arguments that change at every call are never prepared. On the simulator, and for good once preparing failed (saying why
     once), every launch goes through numba-cuda.
     """
     global _PREPARED_ERROR
     if slot is None or not _PREPARE_LAUNCHES or _PREPARED_ERROR is not None:
         _configured(kern, grid, block, shared)(*args)
         return
-    key = _launch_key(kern, grid, block, shared, args)
+    ctx = _current_context()              # current in this thread, as numba-cuda makes it
+    key = _launch_key(kern, grid, block, shared, args) + (id(ctx),)
     got = slot.get("prepared")            # (key, arguments held, launcher, tried)
     if got is not None and got[0] == key and got[2] is not None:
         got[2]()
         return
     _configured(kern, grid, block, shared)(*args)     # compiles on first use
     if got is None or got[0] != key:      # new arguments: prepare if they come again
-        slot["prepared"] = (key, (kern, args), None, False)
+        slot["prepared"] = (key, (kern, args, ctx), None, False)
         return
     if got[3]:                            # tried: these arguments cannot be prepared
         return
@@ -761,7 +783,7 @@ def _run(kern, grid, block, shared, args, slot=None):
                       f"({_PREPARED_ERROR}); each launch goes through numba-cuda",
                       RuntimeWarning, stacklevel=3)
         return
-    slot["prepared"] = (key, (kern, args), launcher, True)
+    slot["prepared"] = (key, (kern, args, ctx), launcher, True)
 
 
 # -- availability: a tiny kernel must compile and run in this process ----------------------
@@ -909,11 +931,15 @@ def _workspace(w, name, shape, dtype):
     if buf is None or buf.size < n:
         size = max(n, 2 * (0 if buf is None else buf.size), 1)
         buf = w["work"][name] = cuda.device_array(size, dtype=dtype)
-    # the same view object while buffer and shape stay (a stable launch argument, _run)
-    view = w["work"].get((name, "view"))
-    if view is None or view[0] is not buf or view[1] != tuple(shape):
-        view = w["work"][(name, "view")] = (buf, tuple(shape), buf[:n].reshape(shape))
-    return view[2]
+    # the same view object per shape while the buffer stays (a stable launch argument for
+    # _run, also when states of several batch sizes take turns)
+    owner, views = w["work"].get((name, "views"), (None, None))
+    if owner is not buf or len(views) >= 64:
+        owner, views = w["work"][(name, "views")] = (buf, {})
+    view = views.get(tuple(shape))
+    if view is None:
+        view = views[tuple(shape)] = buf[:n].reshape(shape)
+    return view
 
 
 def _mapped_workspace(w, name, shape, dtype):
