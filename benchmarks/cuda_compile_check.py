@@ -9,8 +9,8 @@ barrier anywhere but in the split kernel, and checks that a prepared launch (wha
 uses) hands cuda.core exactly what numba-cuda's own launch does; where ``ptxas`` is on
 the PATH (a CUDA toolkit), it also assembles each kernel and checks that its registers fit
 a block of the launch bound (65536 per block) and that the float32 kernels a GPU runs by
-default (shuffles, shared scratch) spill nothing; other spills are reported. It needs NVVM, which the CUDA wheels
-bring, for example (about 320 MB, into a scratch folder):
+default (shuffles, shared scratch) spill nothing; other spills are reported. It needs NVVM,
+which the CUDA wheels bring, for example (about 320 MB, into a scratch folder):
 
     pip install --target /tmp/cu13 --no-deps nvidia-nvvm==13.5.37 nvidia-cuda-nvrtc==13.5.37 \
         nvidia-cuda-runtime==13.5.37
@@ -187,8 +187,8 @@ def main(argv=None):
             print(f"{'ok  ' if ok else 'FAIL'} {name}: {len(ptx)} bytes of PTX, "
                   f"shfl={'shfl.sync' in ptx}, grid sync={grid_sync}, local memory "
                   f"accesses={local}{regs}, f64 ops={sorted(set(f64))[:4]}; {timing}")
-        small = ((be._project_kernel, (A1, t.int64, t.int64, A3, I1, A3, A3)), (be._fill_zero_kernel, (A1,)),
-                 (be._nonfinite_kernel, (A3, I1, I1)))
+        small = ((be._project_kernel, (A1, t.int64, t.int64, A3, I1, A3, A3)),
+                 (be._fill_zero_kernel, (A1,)), (be._nonfinite_kernel, (A3, I1, I1)))
         for kern, sig in small:
             cuda.compile_ptx(kern.py_func, sig, cc=cc)
             print(f"ok   {kern.py_func.__name__} {dtype}")

@@ -90,8 +90,9 @@ def main(argv=None):
     weights_apart = (A2, A2, A1, A2, A2, A2, A2, A1)    # W_x, W_c, b, W_h, W_s, W_k, W_q, v
     before = weights_apart + now[4:]
     cpu = _sysinfo.cpu_info()
-    print(f"# {cpu['model']} ({cpu['cores']} cores, {' '.join(cpu['simd'])}); numba-cuda's _prepare_args and cuda.core's ParamHolder "
-          f"on stand-in device arrays, best of 5 x {args.runs} launches")
+    print(f"# {cpu['model']} ({cpu['cores']} cores, {' '.join(cpu['simd'])}); numba-cuda's "
+          f"_prepare_args and cuda.core's ParamHolder on stand-in device arrays, best of 5 x "
+          f"{args.runs} launches")
     print(f"{'argument list':<34} {'arrays':>6} {'params':>6} {'marshal us':>10} "
           f"{'ParamHolder us':>14} {'total us':>8}")
     for label, sig in (("before (8 weight arrays)", before), ("now (packed weights)", now)):

@@ -442,7 +442,8 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                                     a = lane + k * W
                                     if a < kdim:
                                         if score == 4:
-                                            part += wts[o_v + a] * math.tanh(keys[b, sl, a] + q_r[k])
+                                            part += wts[o_v + a] * math.tanh(
+                                                keys[b, sl, a] + q_r[k])
                                         elif keyed:
                                             part += keys[b, sl, a] * q_r[k]
                                         else:
@@ -755,8 +756,9 @@ def _run(kern, grid, block, shared, args, slot=None):
     the split plan changes), their kernel parameters are made once (:func:`_prepare`) and
     later launches with them skip numba-cuda's argument marshalling. The arguments and the
     context are held with the parameters, so an unchanged ``id`` is the same object with
-    the same device pointer; arguments that change at every call are never prepared. On the simulator, and for good once preparing failed (saying why
-    once), every launch goes through numba-cuda.
+    the same device pointer; arguments that change at every call are never prepared. On
+    the simulator, and for good once preparing failed (saying why once), every launch goes
+    through numba-cuda.
     """
     global _PREPARED_ERROR
     if slot is None or not _PREPARE_LAUNCHES or _PREPARED_ERROR is not None:
