@@ -6,6 +6,7 @@ available: for them "unavailable" fails the test instead of skipping it.
 """
 
 import os
+import sys
 
 import pytest
 
@@ -30,6 +31,20 @@ def backend(request):
                         f"unavailable: {info.reason}")
         pytest.skip(f"backend {name!r} unavailable: {info.reason}")
     return name
+
+
+#: The interpreter's thread switch interval on the CUDA simulator (Python's default: 5 ms).
+SIMULATOR_SWITCH_INTERVAL = 0.0005
+
+
+def pytest_configure(config):
+    """The CUDA simulator runs a Python thread per CUDA thread, and one more that polls them
+    and never blocks; a thread waiting at a barrier (or a shuffle) gets the interpreter
+    back only when that poller is made to yield, every switch interval. At 0.5 ms instead
+    of 5 ms its launches run several times faster (a 4-thread forward 1.2 s -> 0.37 s, a
+    64-thread one with shuffles 38 s -> 6 s, here)."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        sys.setswitchinterval(SIMULATOR_SWITCH_INTERVAL)
 
 
 def pytest_report_header(config):

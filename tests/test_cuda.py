@@ -309,8 +309,7 @@ def test_production_block_size(monkeypatch):
         assert max_err(h, ref.h[:, 3]) <= tol(model)
 
 
-# -- one sequence's positions split over several blocks (a cooperative kernel) ----------------
-def _split_stream_matches_numpy(model, parts, blocks):
+def _stream_matches_numpy(model, parts=1, blocks=1):
     """Stream two sequences (lengths, forward, step, forward; dense or compact attention)
     with the cuda backend and the NumPy reference; the launches must have used ``parts``
     parts on ``blocks`` blocks per sequence."""
@@ -336,6 +335,7 @@ def _split_stream_matches_numpy(model, parts, blocks):
     assert outs["cuda"][-1].tolist() == [9, 7]
 
 
+# -- one sequence's positions split over several blocks (a cooperative kernel) ----------------
 @pytest.mark.parametrize("parts", [2, 3])
 @pytest.mark.parametrize("score,recurrence,window", [
     ("dot", "c", None), ("scaled_dot", "hc", 3), ("general", "c", 4),
@@ -347,7 +347,7 @@ def test_split_over_blocks_matches_the_reference(monkeypatch, score, recurrence,
     early steps attend fewer positions than there are parts (empty parts)."""
     monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", parts)
     model = make_model(score=score, recurrence=recurrence, window=window, D=5, H=6, Ha=4)
-    _split_stream_matches_numpy(model, parts, 1 if _be().SIMULATOR else parts)
+    _stream_matches_numpy(model, parts, 1 if _be().SIMULATOR else parts)
 
 
 @pytest.mark.parametrize("score,recurrence,window,parts,blocks,shared", [
@@ -368,7 +368,7 @@ def test_split_blocks_running_concurrently(monkeypatch, score, recurrence, windo
     if not shared:
         monkeypatch.setattr(_config, "CUDA_SHARED_BYTES", 0)
     model = make_model(score=score, recurrence=recurrence, window=window, D=5, H=6, Ha=4)
-    _split_stream_matches_numpy(model, parts, blocks)
+    _stream_matches_numpy(model, parts, blocks)
     assert be.last_launch()["global_scratch"] == (not shared)
 
 
@@ -509,12 +509,15 @@ def test_bad_config_is_refused(monkeypatch):
     assert st.positions.tolist() == [0]
 
 
-def test_warp_allsum_gives_every_lane_the_same_sums():
-    """The reduce helper CI can run (the shared-memory one; the shuffle one needs a GPU)."""
+@pytest.mark.parametrize("shuffles", [False, True], ids=["shared-reduce", "shuffles"])
+def test_warp_allsum_gives_every_lane_the_same_sums(monkeypatch, shuffles):
+    """Both reduce helpers: the shared-memory one, and the shuffle one (on the simulator
+    with the exact shuffles of tests/_cuda_shuffles.py)."""
     be = _be()
-    if not be.SIMULATOR and not be.use_shuffles():
-        pytest.skip("checks the helper the simulator runs")
-    allsum = be._make_warp_allsum(be.use_shuffles(), 2)
+    if shuffles and be.SIMULATOR:
+        from _cuda_shuffles import warp_shuffles
+        warp_shuffles(monkeypatch)
+    allsum = be._make_warp_allsum(shuffles, 2)
 
     @cuda.jit
     def kern(vals, out):
@@ -538,6 +541,74 @@ def test_warp_allsum_gives_every_lane_the_same_sums():
             assert np.all(out[w * width: (w + 1) * width, 0] == out[w * width, 0])
             assert abs(out[w * width, 0] - seg.sum()) < 1e-12
             assert abs(out[w * width, 1] - 2 * seg.sum()) < 1e-12
+
+
+# -- what the simulator alone does not show: the GPU's reduce path, races ---------------------
+def _instrumented(monkeypatch, shuffles, blocks):
+    """Race-check this test's simulator launches (tests/_cuda_races.py); ``blocks`` > 1:
+    a launch's blocks run at once (tests/_cuda_blocks.py); ``shuffles``: the GPU's warp
+    reduce, with exact shuffles given to the simulator (tests/_cuda_shuffles.py), instead of
+    the shared-memory one. Returns the race report and the shuffle count."""
+    if not _be().SIMULATOR:
+        pytest.skip("simulator instrumentation; on a GPU the kernels themselves run "
+                    "(races there: compute-sanitizer --tool racecheck)")
+    from _cuda_blocks import concurrent_blocks
+    from _cuda_races import race_check
+    from _cuda_shuffles import warp_shuffles
+    if blocks > 1:      # first: the race check wraps its grid barrier and shared memory
+        concurrent_blocks(monkeypatch)
+    shuffled = {"calls": 0}
+    if shuffles:
+        shuffled = warp_shuffles(monkeypatch)
+        monkeypatch.setattr(_config, "CUDA_WARP_SHUFFLES", True)
+    return race_check(monkeypatch), shuffled
+
+
+_RACE_CASES = [     # score, recurrence, window, parts, blocks per sequence, shared scratch
+    ("dot", "c", None, 1, 1, True), ("scaled_dot", "hc", 3, 1, 1, True),
+    ("kq", "hc", 3, 1, 1, False), ("general", "c", 4, 2, 2, True),
+    ("additive", "hc", None, 3, 2, False)]
+
+
+def _race_case_id(case):
+    score, _, window, parts, blocks, shared = case
+    return "-".join([score] + (["window"] if window else []) +
+                    ([f"{parts}parts-{blocks}blocks"] if parts > 1 else []) +
+                    ([] if shared else ["global_scratch"]))
+
+
+@pytest.mark.parametrize("case,threads,shuffles", [
+    *[pytest.param(c, 4, sh, id=f"{_race_case_id(c)}-4threads-{name}")
+      for c in _RACE_CASES for sh, name in ((False, "shared_reduce"), (True, "shuffles"))],
+    # several warps: a warp reads what another wrote (the shuffles' 32-lane masks:
+    # test_warp_allsum_gives_every_lane_the_same_sums)
+    pytest.param(("kq", "c", 3, 1, 1, True), 64, False, id="kq-window-64threads"),
+    pytest.param(("additive", "hc", 4, 2, 2, True), 64, False,
+                 id="additive-window-2parts-2blocks-64threads")])
+def test_kernels_have_no_races(monkeypatch, case, threads, shuffles):
+    """Every element access of every launch, with the barriers its thread had passed: no
+    two threads that no barrier orders touch an element with a write that changes it, and
+    no shared memory is read before the block wrote it. Streaming with lengths, a step,
+    dense and compact attention; both warp reduces (with shuffles, the scratch layout a GPU
+    gets); one warp and several; scratch in shared and global memory; the split kernel with
+    its blocks running at once and meeting at the grid barrier."""
+    score, recurrence, window, parts, blocks, shared = case
+    report, shuffled = _instrumented(monkeypatch, shuffles, blocks)
+    be = _be()
+    monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", threads)
+    if parts > 1:
+        monkeypatch.setattr(be, "_split_plan", lambda *args: (parts, blocks))
+    if not shared:
+        monkeypatch.setattr(_config, "CUDA_SHARED_BYTES", 0)
+    model = make_model(score=score, recurrence=recurrence, window=window, D=5, H=6, Ha=4)
+    try:
+        _stream_matches_numpy(model, parts, blocks)
+    finally:        # a race is the cause to report, before any wrong value it gave
+        assert not report.races, "\n".join(report.races)
+    assert be.last_launch()["global_scratch"] == (not shared)
+    assert be.last_launch()["threads"] == threads
+    assert report.launches >= 4 and report.accesses > 1000, vars(report)
+    assert (shuffled["calls"] > 0) == shuffles
 
 
 def test_launch_configurations_are_made_once_without_the_low_occupancy_warning(monkeypatch):

@@ -111,13 +111,20 @@ def use_shuffles():
     choice = _config.CUDA_WARP_SHUFFLES
     if choice == "auto":
         return not SIMULATOR
-    if choice is True and SIMULATOR:
+    if choice is True and SIMULATOR and not _simulator_has_shuffles():
         raise ValueError("fastsarnn._config.CUDA_WARP_SHUFFLES=True needs a GPU: the CUDA "
                          "simulator has no warp shuffles; use 'auto' or False")
     if choice not in (True, False):
         raise ValueError(f"fastsarnn._config.CUDA_WARP_SHUFFLES must be 'auto', True or "
                          f"False; got {choice!r}")
     return choice
+
+
+def _simulator_has_shuffles():
+    """Whether the simulator's ``cuda`` module has ``shfl_xor_sync`` (numba-cuda's has
+    none; the tests give it an exact one, tests/_cuda_shuffles.py, to run the GPU path)."""
+    from numba.cuda.simulator import kernelapi
+    return hasattr(kernelapi.FakeCUDAModule, "shfl_xor_sync")
 
 
 def _make_warp_allsum(shuffles, G):
