@@ -70,7 +70,8 @@ CUDA_SPLIT_MIN_POSITIONS = 256
 #: Wider models first get smaller blocks, then a global-memory scratch. Read at launch.
 CUDA_SHARED_BYTES = 48 * 1024
 #: Warp all-reduce of the CUDA kernels: "auto" (shuffles on a GPU, the shared-memory
-#: version on the simulator, which has no warp intrinsics), True or False. Read at launch.
+#: version on the simulator, which has no warp intrinsics), True (on the simulator only
+#: once shuffles were given to it, as tests/_cuda_shuffles.py does) or False. Read at launch.
 CUDA_WARP_SHUFFLES = "auto"
 
 #: ``fastsarnn bench``: a runner's figures are flagged as noisy when median/min exceeds this.
