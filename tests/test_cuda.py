@@ -564,6 +564,68 @@ def _instrumented(monkeypatch, shuffles, blocks):
     return race_check(monkeypatch), shuffled
 
 
+def test_the_race_check_tells_a_race_from_ordered_and_harmless_accesses(monkeypatch):
+    """The checker itself, on kernels whose answer is known: a missing barrier, blocks
+    writing one element, a read of unwritten shared memory are reported; the same with a
+    barrier, blocks writing one value, and atomics are not."""
+    report, _ = _instrumented(monkeypatch, False, 1)
+
+    @cuda.jit
+    def neighbours(out, barrier):
+        sh = cuda.shared.array(8, np.float64)
+        i = cuda.threadIdx.x
+        sh[i] = i
+        if barrier:
+            cuda.syncthreads()
+        out[cuda.blockIdx.x, i] = sh[(i + 1) % cuda.blockDim.x]
+
+    @cuda.jit
+    def same_element(out, value_per_block):
+        if cuda.threadIdx.x == 0:
+            out[0] = cuda.blockIdx.x + 1 if value_per_block else 1
+        cuda.atomic.add(out, 1, 1)
+
+    @cuda.jit
+    def unwritten(out):
+        sh = cuda.shared.array(8, np.float64)
+        out[cuda.threadIdx.x] = sh[cuda.threadIdx.x]
+
+    out = np.zeros((2, 4))
+    neighbours[2, 4](out, True)
+    same_element[3, 2](np.zeros(2), False)
+    # 2 blocks x 4 threads x 3 accesses; 3 blocks' thread 0 writes once; atomics: none
+    assert report.races == [] and report.launches == 2 and report.accesses == 2 * 4 * 3 + 3
+    assert out[1].tolist() == [1, 2, 3, 0]
+    neighbours[2, 4](out, False)
+    assert any("read-write race on shared" in r for r in report.races), report.races
+    report.races.clear()
+    same_element[3, 2](np.zeros(2), True)
+    assert report.races and all("write-write race on global" in r for r in report.races)
+    report.races.clear()
+    unwritten[1, 4](np.zeros(4))
+    assert report.races and "uninitialised" in report.races[0]
+
+
+def test_the_simulator_shuffles_refuse_what_a_gpu_leaves_undefined(monkeypatch):
+    be = _be()
+    if not be.SIMULATOR:
+        pytest.skip("the simulator's emulated shuffles")
+    from _cuda_shuffles import warp_shuffles
+    warp_shuffles(monkeypatch, timeout=5.0)
+
+    @cuda.jit
+    def shuffle(out, mask, offset):
+        out[cuda.threadIdx.x] = cuda.shfl_xor_sync(mask, cuda.threadIdx.x * 10, offset)
+
+    out = np.zeros(4, dtype=np.int64)
+    shuffle[1, 4](out, 0xF, 1)
+    assert out.tolist() == [10, 0, 30, 20]
+    for mask, offset, why in ((0xFF, 1, "past the 4"), (0x3, 1, "not in its mask"),
+                              (0xF, 4, "not in the mask")):
+        with pytest.raises(AssertionError, match=why):
+            shuffle[1, 4](out, mask, offset)
+
+
 _RACE_CASES = [     # score, recurrence, window, parts, blocks per sequence, shared scratch
     ("dot", "c", None, 1, 1, True), ("scaled_dot", "hc", 3, 1, 1, True),
     ("kq", "hc", 3, 1, 1, False), ("general", "c", 4, 2, 2, True),
