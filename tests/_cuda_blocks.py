@@ -9,14 +9,15 @@ another. :func:`concurrent_blocks` patches three pieces of the simulator for one
   block, waits for all of them (re-raising the first error);
 * the grid barrier (``cuda.cg.this_grid().sync()``) waits for every thread of every block;
   a kernel whose threads reach it unequally times out instead of hanging;
-* dynamic shared memory (``cuda.shared.array(0, ...)``) is one buffer per block, filled
-  with NaN (a GPU leaves it uninitialised: a read before a write shows).
+* shared memory (``cuda.shared.array``) is the block's own, filled with NaN (a GPU leaves
+  it uninitialised: a read before a write shows).
 
 So the blocks of a sequence run concurrently, exchange partials through global memory and
 meet at a real grid barrier, as on a GPU. It relies on the simulator's internals
 (numba-cuda's ``numba.cuda.simulator.kernel`` and ``kernelapi``), checked on entry.
 """
 
+import sys
 import threading
 
 import numpy as np
@@ -28,6 +29,8 @@ def concurrent_blocks(monkeypatch, timeout=120.0):
 
     for owner, name in ((K, "BlockManager"), (KA, "GridGroup"), (KA, "FakeCUDAShared")):
         assert hasattr(owner, name), f"numba-cuda's simulator has no {name}: update this helper"
+    assert not getattr(K.FakeCUDAKernel.__call__, "race_check", False), \
+        "install concurrent_blocks before race_check (it wraps the grid barrier and memory)"
     base = K.BlockManager
     launch = {"threads": [], "errors": [], "barrier": None}
     lock = threading.Lock()
@@ -70,17 +73,36 @@ def concurrent_blocks(monkeypatch, timeout=120.0):
     shared_array = KA.FakeCUDAShared.array
 
     def array(self, shape, dtype, alignment=None):
-        if shape != 0 or launch["barrier"] is None:
+        if shape == 0 and launch["barrier"] is None:    # one block at a time
             return shared_array(self, shape, dtype, alignment)
-        whole = shared_array(self, shape, dtype, alignment)     # dtype and count checks
-        key = tuple(threading.current_thread().blockIdx)
         with lock:
-            per_block = self.__dict__.setdefault("_per_block", {})
-            if key not in per_block:   # uninitialised on a GPU: NaN where it can be
-                per_block[key] = (np.full_like(whole, np.nan)
-                                  if whole.dtype.kind == "f" else np.zeros_like(whole))
-            return per_block[key]
+            store = self.__dict__.setdefault("_per_block", {})
+        return block_shared_array(store, lock, shared_array, self, shape, dtype, alignment,
+                                  sys._getframe(1))
 
     monkeypatch.setattr(K, "BlockManager", ConcurrentBlockManager)
     monkeypatch.setattr(KA.GridGroup, "sync", sync)
     monkeypatch.setattr(KA.FakeCUDAShared, "array", array)
+
+
+def block_shared_array(store, lock, shared_array, shared, shape, dtype, alignment, caller):
+    """The calling block's own shared array, NaN-filled where it can be (a GPU's is
+    uninitialised), kept in ``store`` per block and, for a static array, per line that
+    declares it (``caller``, the kernel's frame: the simulator keys static arrays by the
+    line that calls it, which a wrapper would make one line for all)."""
+    if shape == 0:
+        like = shared_array(shared, shape, dtype, alignment)    # its dtype and size checks
+        key = (tuple(threading.current_thread().blockIdx), None)
+    else:
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:       # a Numba type: float64, int32, ...
+            dt = np.dtype(str(dtype))
+        like = np.empty(shape, dt)
+        key = (tuple(threading.current_thread().blockIdx),
+               caller.f_code.co_filename, caller.f_lineno)
+    with lock:
+        if key not in store:
+            store[key] = (np.full_like(like, np.nan) if like.dtype.kind in "fc"
+                          else np.zeros_like(like))
+        return store[key]

@@ -8,24 +8,26 @@ test, every element access the simulator's kernels make to shared memory
 (``cuda.shared.array``) and to array arguments, with the thread that made it and the
 barriers that thread had passed, and reports
 
-* two accesses to one element, at least one a write that changed it, by two threads that
-  no barrier orders: threads of one block between the same two ``syncthreads``, or threads
-  of two blocks between the same two grid barriers (``cuda.cg.this_grid().sync()``; a
-  launch without one has all its blocks unordered);
-* a read of shared memory that nothing in the block wrote during the launch (a GPU leaves
-  shared memory uninitialised).
+* two accesses to one element by two threads that no barrier orders (threads of one block
+  between the same two ``syncthreads``, or threads of two blocks between the same two grid
+  barriers, ``cuda.cg.this_grid().sync()``; a launch without one has all its blocks
+  unordered) whose outcome can depend on their order: two writes of different values; a
+  write and a read, unless the read sees the same value either way (the write stored
+  what the element held and the read saw it, or the reader's block had stored that value
+  before: the split kernel's blocks each write the same history row);
+* a read of shared memory that nothing in the block wrote before it in the launch (a GPU
+  leaves shared memory uninitialised; here each block gets its own, filled with NaN).
 
-A write that stores the value the element already holds changes nothing another thread
-can see, so it orders nothing and races with nothing (the split kernel's blocks each write
-the same history row); a read by a thread that itself wrote the element's current value is
-then no race either. Atomics (``cuda.atomic.*``) are not recorded. Local arrays are not
-shared and not recorded.
+Not recorded: atomics (``cuda.atomic.*``), writes of more than one element at once,
+local arrays (a thread's own). An element is the address of its first byte, so views of
+one buffer with different dtypes are not matched.
 
 It relies on the simulator's internals (numba-cuda's ``numba.cuda.simulator.kernel``,
 ``kernelapi`` and ``cudadrv.devicearray``), checked on entry; it composes with
 ``tests/_cuda_blocks.py`` (blocks that run at once) and ``tests/_cuda_shuffles.py``.
 """
 
+import sys
 import threading
 from collections import defaultdict
 
@@ -49,13 +51,17 @@ class RaceReport:
 
 class _Access:
     """One element access: ``who`` (block, thread id), ``epoch`` (barriers its thread had
-    passed), ``seq`` (its place in that thread's accesses), ``value`` (the bytes written,
-    None for a read) and whether the write ``changed`` the element."""
-    __slots__ = ("who", "epoch", "seq", "value", "changed", "ary", "idx")
+    passed), ``seq`` (its place in that thread's accesses), ``value`` (the bytes read or
+    written), ``old`` (a write: the bytes it replaced; None for a read)."""
+    __slots__ = ("who", "epoch", "seq", "value", "old", "ary", "idx")
 
-    def __init__(self, who, epoch, seq, value, changed, ary, idx):
+    def __init__(self, who, epoch, seq, value, old, ary, idx):
         self.who, self.epoch, self.seq = who, epoch, seq
-        self.value, self.changed, self.ary, self.idx = value, changed, ary, idx
+        self.value, self.old, self.ary, self.idx = value, old, ary, idx
+
+    @property
+    def write(self):
+        return self.old is not None
 
 
 def race_check(monkeypatch, limit=20):
@@ -64,8 +70,8 @@ def race_check(monkeypatch, limit=20):
 
     Each simulated thread appends its accesses to a log of its own (no lock on the hot
     path: a lock there makes the simulator's threads queue behind one another); a write
-    reads the old value, stores and reads the new one under one lock, so that whether it
-    changed the element is exact. The logs are checked when the launch has finished.
+    reads the old value, stores and reads the new one under one lock. The logs are checked
+    when the launch has finished. Install it after ``tests/_cuda_blocks.py``.
     """
     from numba.cuda.simulator import kernel as K, kernelapi as KA
     from numba.cuda.simulator.cudadrv import devicearray as DA
@@ -77,9 +83,9 @@ def race_check(monkeypatch, limit=20):
     report = RaceReport(limit)
     write_lock = threading.Lock()
     # this launch: the threads' logs of (element, grid epoch, _Access), an element being
-    # (block, address) in shared memory and (None, address) in global memory, and the
-    # address ranges of shared memory
-    launch = {"logs": [], "shared": []}
+    # (block, address) in shared memory and (None, address) in global memory; the shared
+    # arrays by (block, declaring line) and their address ranges
+    launch = {"logs": [], "shared": [], "arrays": {}}
 
     def log_of():
         t = threading.current_thread()
@@ -98,10 +104,10 @@ def race_check(monkeypatch, limit=20):
         shared = any(lo <= address < hi for lo, hi in launch["shared"])
         return (tuple(t.blockIdx) if shared else None, address)
 
-    def record(t, log, ary, idx, value, changed):
+    def record(t, log, ary, idx, value, old):
         log.append((element_of(t, ary, idx), getattr(t, "_rc_grid", 0),
                     _Access((tuple(t.blockIdx), t.thread_id), getattr(t, "_rc_epoch", 0),
-                            len(log), value, changed, ary, idx)))
+                            len(log), value, old, ary, idx)))
 
     getitem, setitem = DA.FakeCUDAArray.__getitem__, DA.FakeCUDAArray.__setitem__
 
@@ -110,7 +116,7 @@ def race_check(monkeypatch, limit=20):
         if not isinstance(got, DA.FakeCUDAArray):
             t, log = log_of()
             if log is not None:
-                record(t, log, self._ary, idx, None, False)
+                record(t, log, self._ary, idx, np.asarray(got).tobytes(), None)
         return got
 
     def tracked_setitem(self, idx, val):
@@ -121,7 +127,7 @@ def race_check(monkeypatch, limit=20):
             old = self._ary[idx].tobytes()
             setitem(self, idx, val)
             new = self._ary[idx].tobytes()
-        record(t, log, self._ary, idx, new, old != new)
+        record(t, log, self._ary, idx, new, old)
 
     syncthreads = K.BlockThread.syncthreads
 
@@ -140,7 +146,13 @@ def race_check(monkeypatch, limit=20):
     shared_array = KA.FakeCUDAShared.array
 
     def tracked_shared_array(self, shape, dtype, alignment=None):
-        ary = shared_array(self, shape, dtype, alignment)
+        """A fresh NaN-filled array per block (a GPU's shared memory is the block's own and
+        uninitialised; the simulator gives every block one zeroed buffer, in which a write
+        of a value left by the previous block would look like no change), the dynamic one
+        per block, a static one per block and line of the kernel that declared it."""
+        from _cuda_blocks import block_shared_array
+        ary = block_shared_array(launch["arrays"], write_lock, shared_array, self, shape,
+                                 dtype, alignment, sys._getframe(1))
         start = ary.__array_interface__["data"][0]
         with write_lock:
             if (start, start + ary.nbytes) not in launch["shared"]:
@@ -152,7 +164,7 @@ def race_check(monkeypatch, limit=20):
     def checked_call(self, *args):
         if self._device or K._kernel_context:
             return call(self, *args)
-        launch["logs"], launch["shared"] = [], []
+        launch.update(logs=[], shared=[], arrays={})
         try:
             return call(self, *args)
         finally:
@@ -160,6 +172,8 @@ def race_check(monkeypatch, limit=20):
             report.accesses += sum(len(log) for log in launch["logs"])
             _check(getattr(self.fn, "__name__", "kernel"), launch["logs"], report)
             launch["logs"] = []
+
+    checked_call.race_check = True     # tests/_cuda_blocks.py must come first
 
     def atomic(method):
         def not_recorded(self, *args):
@@ -185,7 +199,14 @@ def race_check(monkeypatch, limit=20):
 
 
 def _check(kernel, logs, report):
-    """Report the races and uninitialised shared reads in one launch's access logs."""
+    """Report the races and uninitialised shared reads in one launch's access logs.
+
+    Two accesses to an element that no barrier orders race when the outcome can depend
+    on their order: two writes of different values; a write and a read, unless the read
+    sees the written value either way: the write stored the value the element already
+    held and the read saw that value, or the reader's block stored that same value in a
+    write ordered before the read (the split kernel's blocks each write the same row).
+    """
     groups = defaultdict(list)          # (element, grid epoch) -> accesses
     shared = defaultdict(list)          # shared element -> accesses
     for log in logs:
@@ -196,17 +217,14 @@ def _check(kernel, logs, report):
     for element, accs in shared.items():
         _check_initialised(kernel, element, accs, report)
     for (element, _), accs in groups.items():
-        changing = [a for a in accs if a.changed]
-        if not changing:            # reads and writes of the value it holds: nothing to see
+        writes = [a for a in accs if a.write]
+        if not writes:
             continue
         by_epoch, by_block = defaultdict(list), defaultdict(list)
-        own_writes = defaultdict(list)          # thread -> [(seq, value)], in its order
         for a in accs:
             by_epoch[a.who[0], a.epoch].append(a)
             by_block[a.who[0]].append(a)
-            if a.value is not None:
-                own_writes[a.who].append((a.seq, a.value))
-        for w in changing:
+        for w in writes:
             # unordered with w: its block's other threads between the same two barriers;
             # every thread of another block (the group is one grid epoch)
             others = [a for a in by_epoch[w.who[0], w.epoch] if a.who != w.who]
@@ -214,27 +232,32 @@ def _check(kernel, logs, report):
                 if block != w.who[0]:
                     others.extend(lst)
             for a in others:
-                if a.value is not None:
-                    if a.changed:
+                if a.write:
+                    if a.value != w.value and (a.who, a.seq) < (w.who, w.seq):  # once a pair
                         report.add(_message(kernel, "write-write", element, w, a))
-                    continue
-                # a read after its own thread stored the value w stores sees that value
-                # whichever comes first (the split kernel's blocks each write a row)
-                mine = [v for s, v in own_writes.get(a.who, ()) if s < a.seq]
-                if not (mine and mine[-1] == w.value):
+                elif not (w.old == w.value == a.value
+                          or _block_stored_before(writes, a, w.value)):
                     report.add(_message(kernel, "read-write", element, w, a))
+
+
+def _block_stored_before(writes, read, value):
+    """Whether a write of ``value`` by the reader's block is ordered before ``read``: by
+    its own thread earlier, or by its block before a barrier the reader passed."""
+    return any(x.value == value and x.who[0] == read.who[0]
+               and ((x.who == read.who and x.seq < read.seq) or x.epoch < read.epoch)
+               for x in writes)
 
 
 def _check_initialised(kernel, element, accs, report):
     """Shared memory: every read comes after a write of the block that a barrier orders
     before it (the epochs count grid barriers too), or after a write of its own thread."""
-    first_epoch = min((a.epoch for a in accs if a.value is not None), default=None)
+    first_epoch = min((a.epoch for a in accs if a.write), default=None)
     first_own = {}
     for a in accs:
-        if a.value is not None and a.seq < first_own.get(a.who, a.seq + 1):
+        if a.write and a.seq < first_own.get(a.who, a.seq + 1):
             first_own[a.who] = a.seq
     for a in accs:
-        if a.value is None and not ((first_epoch is not None and first_epoch < a.epoch)
+        if not a.write and not ((first_epoch is not None and first_epoch < a.epoch)
                                     or first_own.get(a.who, a.seq) < a.seq):
             report.add(f"{kernel}: thread {a.who} reads {_where(element, a)}, which nothing "
                        f"in its block wrote before in this launch (uninitialised)")
@@ -250,7 +273,7 @@ def _where(element, a):
 def _message(kernel, kind, element, w, a):
     return (f"{kernel}: {kind} race on {_where(element, w)}: thread {w.who} (after "
             f"{w.epoch} barriers) writes, thread {a.who} (after {a.epoch}) "
-            f"{'writes' if a.value is not None else 'accesses'} it, no barrier between them")
+            f"{'writes' if a.write else 'reads'} it, no barrier between them")
 
 
 def _is_element(idx, ndim):

@@ -4,13 +4,16 @@ The simulator has no warp intrinsics, so on it the backend reduces across a warp
 shared memory, and the shuffle version that a GPU runs (and the smaller scratch layout
 that goes with it) would run nowhere but on a GPU. :func:`warp_shuffles` gives the
 simulator's ``cuda`` module a ``shfl_xor_sync`` for one test, with the semantics a GPU
-documents and checks that a GPU would leave undefined:
+documents where the kernels rely on them, and stricter where a GPU is lenient or leaves the
+result undefined:
 
 * lane ``thread_id % 32`` of warp ``thread_id // 32`` gets the ``value`` of lane
   ``lane ^ lane_mask``;
 * every lane named in ``mask`` must call it (a lane that does not arrive within
   ``timeout`` seconds fails the launch instead of hanging it), with the same ``mask``;
-* the calling lane, and the lane it reads, must be in ``mask`` and in the block.
+* the calling lane, and the lane it reads, must be in ``mask`` and in the block (a GPU
+  returns the caller's own value for a source lane past the warp, and lets lanes that
+  have exited be named in ``mask``: refused here).
 
 It relies on the simulator's internals (numba-cuda's ``numba.cuda.simulator.kernelapi``),
 checked on entry.
@@ -22,7 +25,7 @@ WARP = 32
 
 
 def warp_shuffles(monkeypatch, timeout=60.0):
-    """Patch the CUDA simulator (for the rest of the test) with an exact ``shfl_xor_sync``;
+    """Patch the CUDA simulator (for the rest of the test) with a ``shfl_xor_sync``;
     returns a dict counting the shuffles made (``"calls"``)."""
     from numba.cuda.simulator import kernelapi as KA
 
@@ -48,7 +51,7 @@ def warp_shuffles(monkeypatch, timeout=60.0):
         if not (src < WARP and mask >> src & 1):
             raise AssertionError(f"shfl_xor_sync: lane {lane} reads lane {src}, which is not "
                                  f"in the mask {mask:#x} (undefined on a GPU)")
-        key = (tuple(t.blockIdx), warp, mask)
+        key = (id(self), tuple(t.blockIdx), warp, mask)     # self: this launch's module
         with lock:
             stats["calls"] += 1
             if key not in rendezvous:
@@ -60,6 +63,8 @@ def warp_shuffles(monkeypatch, timeout=60.0):
             got = posted[src]
             barrier.wait()          # ... and read its source: the slots may be reused
         except threading.BrokenBarrierError:
+            with lock:
+                rendezvous.pop(key, None)       # a later launch starts afresh
             raise AssertionError(f"shfl_xor_sync: not every lane of mask {mask:#x} of warp "
                                  f"{warp}, block {tuple(t.blockIdx)} reached the shuffle "
                                  f"within {timeout} s (divergent lanes)") from None

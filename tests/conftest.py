@@ -44,7 +44,13 @@ def pytest_configure(config):
     of 5 ms its launches run several times faster (a 4-thread forward 1.2 s -> 0.37 s, a
     64-thread one with shuffles 38 s -> 6 s, here)."""
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        config._fastsarnn_switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SIMULATOR_SWITCH_INTERVAL)
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "_fastsarnn_switch_interval"):
+        sys.setswitchinterval(config._fastsarnn_switch_interval)
 
 
 def pytest_report_header(config):

@@ -512,7 +512,7 @@ def test_bad_config_is_refused(monkeypatch):
 @pytest.mark.parametrize("shuffles", [False, True], ids=["shared-reduce", "shuffles"])
 def test_warp_allsum_gives_every_lane_the_same_sums(monkeypatch, shuffles):
     """Both reduce helpers: the shared-memory one, and the shuffle one (on the simulator
-    with the exact shuffles of tests/_cuda_shuffles.py)."""
+    with the shuffles of tests/_cuda_shuffles.py)."""
     be = _be()
     if shuffles and be.SIMULATOR:
         from _cuda_shuffles import warp_shuffles
@@ -538,7 +538,7 @@ def test_warp_allsum_gives_every_lane_the_same_sums(monkeypatch, shuffles):
         width = min(nt, 32)
         for w in range(nt // width):
             seg = vals[w * width: (w + 1) * width]
-            assert np.all(out[w * width: (w + 1) * width, 0] == out[w * width, 0])
+            assert np.all(out[w * width: (w + 1) * width] == out[w * width])
             assert abs(out[w * width, 0] - seg.sum()) < 1e-12
             assert abs(out[w * width, 1] - 2 * seg.sum()) < 1e-12
 
@@ -547,7 +547,7 @@ def test_warp_allsum_gives_every_lane_the_same_sums(monkeypatch, shuffles):
 def _instrumented(monkeypatch, shuffles, blocks):
     """Race-check this test's simulator launches (tests/_cuda_races.py); ``blocks`` > 1:
     a launch's blocks run at once (tests/_cuda_blocks.py); ``shuffles``: the GPU's warp
-    reduce, with exact shuffles given to the simulator (tests/_cuda_shuffles.py), instead of
+    reduce, with shuffles given to the simulator (tests/_cuda_shuffles.py), instead of
     the shared-memory one. Returns the race report and the shuffle count."""
     if not _be().SIMULATOR:
         pytest.skip("simulator instrumentation; on a GPU the kernels themselves run "
@@ -590,6 +590,14 @@ def test_the_race_check_tells_a_race_from_ordered_and_harmless_accesses(monkeypa
         sh = cuda.shared.array(8, np.float64)
         out[cuda.threadIdx.x] = sh[cuda.threadIdx.x]
 
+    @cuda.jit
+    def two_arrays(out):
+        a = cuda.shared.array(4, np.float64)
+        b = cuda.shared.array(4, np.float64)
+        a[cuda.threadIdx.x] = 1
+        b[cuda.threadIdx.x] = 2
+        out[cuda.threadIdx.x] = a[cuda.threadIdx.x]
+
     out = np.zeros((2, 4))
     neighbours[2, 4](out, True)
     same_element[3, 2](np.zeros(2), False)
@@ -604,6 +612,38 @@ def test_the_race_check_tells_a_race_from_ordered_and_harmless_accesses(monkeypa
     report.races.clear()
     unwritten[1, 4](np.zeros(4))
     assert report.races and "uninitialised" in report.races[0]
+    report.races.clear()
+    two = np.zeros(4)
+    two_arrays[1, 4](two)             # two static arrays stay two arrays
+    assert two.tolist() == [1, 1, 1, 1] and report.races == []
+
+
+@pytest.mark.parametrize("grid_barrier", [True, False])
+def test_the_race_check_orders_blocks_by_the_grid_barrier(monkeypatch, grid_barrier):
+    """Blocks running at once (tests/_cuda_blocks.py): each block writes the same row 0
+    and reads it after its own barrier (harmless: the same values whichever block wrote
+    last), then a row of its own, which the other block reads: ordered by a grid barrier,
+    a race without one."""
+    report, _ = _instrumented(monkeypatch, False, 2)
+
+    @cuda.jit
+    def rows(out, barrier):
+        i = cuda.threadIdx.x
+        out[0, i] = i + 1
+        cuda.syncthreads()
+        out[1 + cuda.blockIdx.x, i] = out[0, (i + 1) % 4] * (cuda.blockIdx.x + 1)
+        if barrier:
+            cuda.cg.this_grid().sync()
+        out[3 + cuda.blockIdx.x, i] = out[2 - cuda.blockIdx.x, i]
+
+    out = np.zeros((5, 4))
+    rows[2, 4](out, grid_barrier)
+    if grid_barrier:
+        assert report.races == []
+        assert out[3].tolist() == [4, 6, 8, 2] and out[4].tolist() == [2, 3, 4, 1]
+    else:
+        assert report.races and all("read-write race on global" in r and "[1, " in r
+                                    or "[2, " in r for r in report.races), report.races
 
 
 def test_the_simulator_shuffles_refuse_what_a_gpu_leaves_undefined(monkeypatch):
