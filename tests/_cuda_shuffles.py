@@ -33,7 +33,7 @@ def warp_shuffles(monkeypatch, timeout=60.0):
     assert not hasattr(KA.FakeCUDAModule, "shfl_xor_sync"), \
         "the simulator has warp shuffles of its own now: use them"
     lock = threading.Lock()
-    rendezvous = {}     # (block, warp, mask) -> [barrier, {lane: (value, lane_mask)}]
+    rendezvous = {}     # (launch's module, block, warp, mask) -> [barrier, {lane: value}]
     stats = {"calls": 0}
 
     def shfl_xor_sync(self, mask, value, lane_mask):

@@ -122,7 +122,7 @@ def use_shuffles():
 
 def _simulator_has_shuffles():
     """Whether the simulator's ``cuda`` module has ``shfl_xor_sync`` (numba-cuda's has
-    none; the tests give it an exact one, tests/_cuda_shuffles.py, to run the GPU path)."""
+    none; the tests give it one, tests/_cuda_shuffles.py, to run the GPU path)."""
     from numba.cuda.simulator import kernelapi
     return hasattr(kernelapi.FakeCUDAModule, "shfl_xor_sync")
 
