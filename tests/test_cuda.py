@@ -901,3 +901,36 @@ def test_backend_works_without_numpy_row_stack():
         pytest.skip("this numba.cuda has no numba.cuda.np.arrayobj (not numba-cuda's layout)")
     assert control.startswith("FAILS"), control       # the failure the step prevents
     assert run("fixed") == "AVAILABLE"
+
+
+_MAPPED_VIEW_CHECK = r"""
+import numpy as np
+from numba.cuda.cudadrv import devicearray
+from fastsarnn.backends import cuda as be
+buf = np.zeros((2, 3))
+mapped = np.ndarray.view(buf, type=devicearray.MappedNDArray)   # as cuda.mapped_array makes it
+host = be._host_view(mapped)
+host[...] = 7.0
+host[1, 2] = 5.0
+assert type(host) is np.ndarray, type(host)
+assert buf[1, 2] == 5.0 and (buf == 7.0).sum() == 5, buf
+try:
+    naive = mapped.view(np.ndarray)
+    naive[...] = 1.0
+except Exception as exc:
+    print("NAIVE FAILS", type(exc).__name__)
+else:
+    print("NAIVE WORKS", type(naive).__name__)
+"""
+
+
+def test_host_view_of_mapped_memory():
+    """The host side of a mapped (pinned, device-addressable) buffer is a plain NumPy view of
+    it. Checked on numba-cuda's real MappedNDArray class, in a process without the simulator
+    (whose mapped arrays are NumPy arrays): ``mapped.view(np.ndarray)`` is the device array's
+    dtype view, which failed every host write on a real GPU."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    r = subprocess.run([sys.executable, "-c", _MAPPED_VIEW_CHECK], capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1].startswith("NAIVE FAILS")   # what it prevents

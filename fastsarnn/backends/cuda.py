@@ -896,9 +896,18 @@ def _mapped(shape, dtype):
         arr = np.zeros(shape, dtype=dtype)
         return arr, arr
     m = cuda.mapped_array(shape, dtype=dtype)
-    host = m.view(np.ndarray)
+    host = _host_view(m)
     host[...] = 0
     return host, m
+
+
+def _host_view(mapped):
+    """A plain NumPy view of a mapped array's host memory (it keeps the mapped array alive).
+
+    ``mapped.view(np.ndarray)`` would not do: a mapped array is a device array first, and
+    the device array's ``view(dtype)`` reinterprets the dtype and returns a device array.
+    """
+    return np.ndarray.view(mapped, np.ndarray)
 
 
 def _device_weights(p):
