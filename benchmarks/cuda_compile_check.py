@@ -89,8 +89,9 @@ def _check_prepared_launch(be, cc, sizes):
     failures = 0
     nt, hpl, qpl = sizes
     for split, grid in ((False, 2), (True, (2, 2))):
-        kern = be._build_sequence_kernel("float32", True, False, be.rows_per_warp(), split,
-                                         nt, hpl, qpl)
+        kern = be._build_sequence_kernel("float32", True, False,
+                                         be.rows_in_flight(be.rows_per_warp(), hpl, "float32"),
+                                         split, nt, hpl, qpl)
         sig = be.sequence_signature("float32")
         overload = kern.compile(sig)
         overload._codelibrary.get_cufunc = lambda: pytypes.SimpleNamespace(kernel="cufunc")
@@ -145,8 +146,9 @@ def main(argv=None):
                                                                   (False, True)):
             name = (f"sequence {dtype} shuffles={shuffles} global_scratch={global_scratch}"
                     f" split={split}")
-            kern = be._build_sequence_kernel(dtype, shuffles, global_scratch,
-                                             be.rows_per_warp(), split, *args.sizes)
+            rows = be.rows_in_flight(be.rows_per_warp(), args.sizes[1], dtype)   # as launched
+            kern = be._build_sequence_kernel(dtype, shuffles, global_scratch, rows, split,
+                                             *args.sizes)
             bound = kern.targetoptions.get("launch_bounds")
             if bound != nt:     # the kernel itself must carry it (compile_ptx is told below)
                 failures += 1

@@ -4,12 +4,14 @@
 #      (FASTSARNN_TEST_CUDA_BLOCK = fastsarnn._config.CUDA_BLOCK_SIZE, unless
 #      FASTSARNN_GPU_BLOCK says otherwise), with their slowest tests;
 #   2. fastsarnn bench with the GPU peers: --backends cuda,torch-cuda,torch-cuda-graph,c
-#      (c left out where the C backend was not built), configurations S, M, L, step, XL,
-#      then each runner's untimed first run (compilation, graph capture);
+#      (c left out where the C backend was not built), configurations S, M, L, step, then
+#      XL in a second run (its float64 NumPy reference alone takes about a minute), each
+#      with the runners' untimed first run (compilation, graph capture);
 #   3. benchmarks/cuda_split_compare.py: S, step, M with a sequence split over 1, 2, 4, 8,
-#      16 blocks and "auto" (checked against the float64 reference, then timed).
-# It prints the suites' summary lines and the bench table, installs nothing from the
-# network and stays within 5 minutes (each part has its own time limit).
+#      16 blocks and "auto" (checked against the float64 reference, then timed);
+#   4. benchmarks/cuda_step_profile.py: where a token of model.step spends its time.
+# It prints the suites' summary lines and the bench tables, installs nothing from the
+# network, and each part has its own time limit (about 5 minutes in all on an H200).
 #
 # Usage, from the repository root:
 #   bash benchmarks/gpu_check.sh          # on the GPU machine (python3 must have numba,
@@ -21,13 +23,16 @@
 # FASTSARNN_GPU_BLOCK (the suites' block size, default _config.CUDA_BLOCK_SIZE);
 # FASTSARNN_GPU_WORKERS (pytest-xdist processes for the suites where xdist is installed,
 # default 12; kernels compile per process, so tests run side by side);
-# FASTSARNN_GPU_TESTS_S, _BENCH_S, _SPLIT_S (each part's time limit, seconds).
+# FASTSARNN_GPU_TESTS_S, _BENCH_S, _XL_S, _SPLIT_S, _PROFILE_S (each part's time limit,
+# seconds).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
-TESTS_LIMIT=${FASTSARNN_GPU_TESTS_S:-140}
-BENCH_LIMIT=${FASTSARNN_GPU_BENCH_S:-110}
+TESTS_LIMIT=${FASTSARNN_GPU_TESTS_S:-120}
+BENCH_LIMIT=${FASTSARNN_GPU_BENCH_S:-90}
+XL_LIMIT=${FASTSARNN_GPU_XL_S:-120}
 SPLIT_LIMIT=${FASTSARNN_GPU_SPLIT_S:-40}
+PROFILE_LIMIT=${FASTSARNN_GPU_PROFILE_S:-30}
 
 if [ "${1:-}" = "fetch" ]; then   # wheels for CPython 3.12 on x86-64 Linux
     cd "$ROOT"
@@ -86,22 +91,31 @@ if stopped "$TESTS_RC"; then
     echo "(the suites ran past ${TESTS_LIMIT}s and were stopped; progress above)"
 fi
 
-echo "=== fastsarnn bench with the GPU peers, limit ${BENCH_LIMIT}s"
-rm -f "$LOGS/gpu_bench.json"     # written at the bench's end: none if it was stopped
-timeout -k 10 "$BENCH_LIMIT" "$PY" -m fastsarnn bench --backends "$PEERS" \
-    --config S --config M --config L --config step --config XL --repeat 3 --no-progress \
-    --json "$LOGS/gpu_bench.json" 2>&1 | tee "$LOGS/bench.log"
-BENCH_RC=${PIPESTATUS[0]}
-stopped "$BENCH_RC" && echo "(the bench ran past ${BENCH_LIMIT}s and was stopped)"
 # cold start: the untimed first run of each runner (kernel compilation, graph capture)
-[ -s "$LOGS/gpu_bench.json" ] || echo "(no bench JSON: no first-run times)"
-[ -s "$LOGS/gpu_bench.json" ] && "$PY" - "$LOGS/gpu_bench.json" <<'PYEOF'
+first_runs() {
+    [ -s "$1" ] || { echo "(no bench JSON: no first-run times)"; return; }
+    "$PY" - "$1" <<'PYEOF'
 import json, sys
 recs = json.load(open(sys.argv[1]))
 recs = recs.get("records", recs) if isinstance(recs, dict) else recs
 print("first (untimed) run, s:", ", ".join(
     f"{r['config']}/{r['backend']} {r['warmup_s']:.2f}" for r in recs if "warmup_s" in r))
 PYEOF
+}
+BENCH_RC=0
+for part in "S M L step:$BENCH_LIMIT:gpu_bench" "XL:$XL_LIMIT:gpu_bench_xl"; do
+    IFS=: read -r CONFIGS LIMIT NAME <<< "$part"
+    echo "=== fastsarnn bench with the GPU peers: $CONFIGS, limit ${LIMIT}s"
+    ARGS=()
+    for c in $CONFIGS; do ARGS+=(--config "$c"); done
+    rm -f "$LOGS/$NAME.json"     # written at the bench's end: none if it was stopped
+    timeout -k 10 "$LIMIT" "$PY" -m fastsarnn bench --backends "$PEERS" "${ARGS[@]}" \
+        --repeat 3 --no-progress --json "$LOGS/$NAME.json" 2>&1 | tee "$LOGS/$NAME.log"
+    RC=${PIPESTATUS[0]}
+    stopped "$RC" && echo "(the bench ran past ${LIMIT}s and was stopped)"
+    [ "$RC" = 0 ] || BENCH_RC=$RC
+    first_runs "$LOGS/$NAME.json"
+done
 
 echo "=== one sequence over several blocks (CUDA_SPLIT_PARTS), limit ${SPLIT_LIMIT}s"
 timeout -k 10 "$SPLIT_LIMIT" "$PY" "$ROOT/benchmarks/cuda_split_compare.py" --repeat 2 \
@@ -110,6 +124,12 @@ timeout -k 10 "$SPLIT_LIMIT" "$PY" "$ROOT/benchmarks/cuda_split_compare.py" --re
 SPLIT_RC=${PIPESTATUS[0]}
 stopped "$SPLIT_RC" && echo "(the comparison ran past ${SPLIT_LIMIT}s and was stopped)"
 
+echo "=== where a token of model.step goes, limit ${PROFILE_LIMIT}s"
+timeout -k 10 "$PROFILE_LIMIT" "$PY" "$ROOT/benchmarks/cuda_step_profile.py" 2>&1 \
+    | tee "$LOGS/step_profile.log" | cut -c1-160
+PROFILE_RC=${PIPESTATUS[0]}
+stopped "$PROFILE_RC" && echo "(the profile ran past ${PROFILE_LIMIT}s and was stopped)"
+
 echo "=== done in $(( $(date +%s) - START ))s: suites exit $TESTS_RC, bench exit $BENCH_RC," \
-     "split comparison exit $SPLIT_RC; logs in $LOGS"
-[ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ] && [ "$SPLIT_RC" = 0 ]
+     "split comparison exit $SPLIT_RC, step profile exit $PROFILE_RC; logs in $LOGS"
+[ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ] && [ "$SPLIT_RC" = 0 ] && [ "$PROFILE_RC" = 0 ]

@@ -54,9 +54,14 @@ NUMBA_ATTEND_CHUNK_BYTES = 32768
 #: 65536 / CUDA_BLOCK_SIZE: 256 allows 255, and ptxas (sm_90) uses 208 for H = 256 (the
 #: split kernel 240) without spilling; 512 would cap them at 128 and spill.
 CUDA_BLOCK_SIZE = 256
-#: Attended positions a warp of the CUDA kernel scores per round (rows in flight per warp;
-#: compile-time constant of the kernel). Read at launch.
+#: Attended positions a warp of the CUDA kernel scores per round (rows in flight per warp,
+#: at most; compile-time constant of the kernel). Read at launch.
 CUDA_ROWS_PER_WARP = 8
+#: 32-bit registers a lane of the CUDA kernel gives the history rows of a round (it loads
+#: the rows once, all in flight together, and keeps them for the scores and the weighted
+#: sum): fewer rows per round where CUDA_ROWS_PER_WARP rows would not fit (H = 256 in
+#: float32: 4 rows), so that wide and float64 models do not spill. Read at launch.
+CUDA_ROW_CACHE_WORDS = 32
 #: CUDA, few sequences with long histories: split each step's attended positions into this
 #: many parts, one block each, all blocks of a sequence in one cooperative launch (a grid
 #: barrier per step). "auto": on a GPU, as many parts as leave every part at least

@@ -173,6 +173,14 @@ def rows_per_warp():
     return G
 
 
+def rows_in_flight(G, HPL, dtype):
+    """The rows a warp of the sequence kernel holds per round: ``G`` (at most), fewer where
+    a lane's share of them, ``rows * HPL`` elements, would exceed
+    ``_config.CUDA_ROW_CACHE_WORDS`` 32-bit registers (at least one row)."""
+    words = np.dtype(dtype).itemsize // 4
+    return max(1, min(int(G), int(_config.CUDA_ROW_CACHE_WORDS) // (int(HPL) * words)))
+
+
 def block_geometry(H, Ha, D, dtype, shuffles, G):
     """(threads per block, scratch elements, scratch in global memory?) for a model.
 
@@ -245,7 +253,8 @@ _KERNEL_LOCK = threading.Lock()
 
 
 def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt):
-    """The sequence kernel for a dtype, warp-reduce flavour, scratch placement, G, whether
+    """The sequence kernel for a dtype, warp-reduce flavour, scratch placement, G (capped
+    by :func:`rows_in_flight`), whether
     it splits a sequence's positions over several blocks (a cooperative kernel), the block
     size ``nt`` (its launch bound: the compiler keeps registers within what ``nt`` threads
     may use) and a lane's share of ``h`` and of the query, ``ceil(H / W)`` and
@@ -254,8 +263,9 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt):
     same shares share a kernel)."""
     nt = int(nt)
     W = min(nt, WARP)
-    key = (np.dtype(dtype).name, shuffles, global_scratch, G, bool(split), nt,
-           -(-int(H) // W), -(-max(int(H), int(Ha)) // W))
+    HPL = -(-int(H) // W)
+    key = (np.dtype(dtype).name, shuffles, global_scratch, rows_in_flight(G, HPL, dtype),
+           bool(split), nt, HPL, -(-max(int(H), int(Ha)) // W))
     with _KERNEL_LOCK:
         kern = _KERNELS.get(key)
         if kern is None:
@@ -276,6 +286,7 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
     kernel_options = {} if SIMULATOR else {"launch_bounds": int(nt)}
     HPL = int(HPL)      # a lane's dimensions of h (lane + k*W, k < HPL): HPL*W >= H
     QPL = int(QPL)      # ... of the query (H or Ha): QPL*W >= max(H, Ha)
+    ROWS = G * HPL      # a lane's share of the G history rows a warp holds per round
 
     if SPLIT:   # only the split kernel may name the grid: that makes a launch cooperative
         @cuda.jit(device=True)
@@ -333,8 +344,10 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         neg_inf = tp(-math.inf)
         e_grp = cuda.local.array(G, tp)
         slots = cuda.local.array(G, numba.int64)
+        rows = cuda.local.array(ROWS, tp)      # the group's history rows, this lane's dims
         acc_r = cuda.local.array(HPL, tp)      # this lane's dims lane + k*W of the warp's acc
         q_r = cuda.local.array(QPL, tp)        # ... of the query
+        v_r = cuda.local.array(QPL, tp)        # ... of v (additive score), 0 past Ha
         inv_sqrt_h = tp(1.0 / math.sqrt(H))
         writer = bx == 0              # the block that writes outputs and the final state
         L = lengths[b]
@@ -354,6 +367,10 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
             slot = p % window if window > 0 else p
             first = p - window + 1 if (window > 0 and p - window + 1 > 0) else 0
             n = p - first + 1
+            # the slot of attended position first + i: first_slot + i, less span once it
+            # reaches span (i < n <= window), so the attention loop needs no division
+            span = window if window > 0 else p + 1
+            first_slot = first % window if window > 0 else first
             if r < L:
                 if inline_proj:
                     for k in range(tid, D, NT):
@@ -422,6 +439,7 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                 for k in range(QPL):
                     a = lane + k * W
                     q_r[k] = buf[o_q + a] if a < kdim else zero
+                    v_r[k] = wts[o_v + a] if (score == 4 and a < kdim) else zero
                 # (3) attention over positions [lo, hi) of each part this block owns (one
                 # part, all n positions, unless SPLIT): warp w takes groups of G positions,
                 # group it*NW + w holding lo + (it*NW + w)*G + g, g < G (G rows in flight
@@ -437,30 +455,53 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                     cnt_pos = hi - lo if hi > lo else 0
                     for it in range((cnt_pos + NW * G - 1) // (NW * G)):   # same on all
                         i0 = lo + (it * NW + warp) * G
-                        for g in range(G):
-                            i = i0 + g
-                            sl = first + i
-                            if window > 0:
-                                sl = sl % window
-                            slots[g] = sl
-                            part = zero
-                            if i < hi:
-                                for k in range(QPL):
-                                    a = lane + k * W
-                                    if a < kdim:
-                                        if score == 4:
-                                            part += wts[o_v + a] * math.tanh(
-                                                keys[b, sl, a] + q_r[k])
-                                        elif keyed:
-                                            part += keys[b, sl, a] * q_r[k]
-                                        else:
-                                            part += hist[b, sl, a] * q_r[k]
-                            e_grp[g] = part
+                        if i0 < hi:
+                            # the group's slots; rows past hi repeat row hi - 1 (their
+                            # weights are 0 below), so every load is valid and none waits
+                            # on a branch: the G*HPL loads of a lane are in flight together
+                            for g in range(G):
+                                i = i0 + g
+                                if i > hi - 1:
+                                    i = hi - 1
+                                sl = first_slot + i
+                                if sl >= span:
+                                    sl -= span
+                                slots[g] = sl
+                            # rows[g*HPL + k] = hist[b, slot g, lane + k*W] (clamped to H-1
+                            # past H: those lanes' sums are never stored)
+                            for g in range(G):
+                                for k in range(HPL):
+                                    d = lane + k * W
+                                    if d > H - 1:
+                                        d = H - 1
+                                    rows[g * HPL + k] = hist[b, slots[g], d]
+                            # scores: q_r (and v_r) are 0 past kdim, so the clamped terms add 0
+                            for g in range(G):
+                                part = zero
+                                if score == 4:
+                                    for k in range(QPL):
+                                        a = lane + k * W
+                                        if a > kdim - 1:
+                                            a = kdim - 1
+                                        part += v_r[k] * math.tanh(keys[b, slots[g], a] + q_r[k])
+                                elif keyed:
+                                    for k in range(QPL):
+                                        a = lane + k * W
+                                        if a > kdim - 1:
+                                            a = kdim - 1
+                                        part += keys[b, slots[g], a] * q_r[k]
+                                else:           # kdim = H: the query's dims past H are 0
+                                    for k in range(HPL):
+                                        part += rows[g * HPL + k] * q_r[k]
+                                e_grp[g] = part
+                        else:
+                            for g in range(G):
+                                e_grp[g] = zero
                         warp_allsum(e_grp, lane, W, buf, o_red, tid)
                         if i0 < hi:
                             cnt = min(G, hi - i0)
-                            # loops over all G (constant count, unrolled: e_grp and
-                            # slots stay in registers), positions past hi masked
+                            # loops over all G (constant count, unrolled: e_grp, slots and
+                            # rows stay in registers), positions past hi masked
                             if want_attn and lane == 0:   # raw scores; normalised in (4)
                                 for g in range(G):
                                     if g < cnt:
@@ -476,14 +517,11 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                                 # weight, exponent <= 0; 0 past hi
                                 e_grp[g] = math.exp(e_grp[g] - m_new) if g < cnt else zero
                                 l += e_grp[g]
-                            for k in range(HPL):
-                                d = lane + k * W
-                                if d < H:
-                                    acc = acc_r[k] * scale
-                                    for g in range(G):
-                                        if g < cnt:
-                                            acc += e_grp[g] * hist[b, slots[g], d]
-                                    acc_r[k] = acc
+                            for k in range(HPL):     # rows past hi have weight 0
+                                acc = acc_r[k] * scale
+                                for g in range(G):
+                                    acc += e_grp[g] * rows[g * HPL + k]
+                                acc_r[k] = acc
                             m = m_new
                     for k in range(HPL):
                         d = lane + k * W
