@@ -71,6 +71,12 @@ CUDA_ROW_CACHE_WORDS = 32
 #: two per sequence fit, there is no split). Read at launch.
 CUDA_SPLIT_PARTS = "auto"
 CUDA_SPLIT_MIN_POSITIONS = 256
+#: The same for ``step`` (one token per launch), where a split costs a whole cooperative
+#: launch and grid barrier per token: measured on an H200 (docs/BENCHMARKS.md), the step
+#: configuration (1024 positions) ran 103 ms on one block and 116-134 ms split, while one
+#: block attended about 25 positions per microsecond; 1024 per part splits a step from
+#: 2048 attended positions on (not measured that far).
+CUDA_SPLIT_STEP_MIN_POSITIONS = 1024
 #: Shared memory a block of the sequence kernel may use (bytes; 48 KiB needs no opt-in).
 #: Wider models first get smaller blocks, then a global-memory scratch. Read at launch.
 CUDA_SHARED_BYTES = 48 * 1024

@@ -364,7 +364,7 @@ def test_split_blocks_running_concurrently(monkeypatch, score, recurrence, windo
                     "reference runs one block per part")
     from _cuda_blocks import concurrent_blocks
     concurrent_blocks(monkeypatch)
-    monkeypatch.setattr(be, "_split_plan", lambda *args: (parts, blocks))
+    monkeypatch.setattr(be, "_split_plan", lambda *args, **kw: (parts, blocks))
     if not shared:
         monkeypatch.setattr(_config, "CUDA_SHARED_BYTES", 0)
     model = make_model(score=score, recurrence=recurrence, window=window, D=5, H=6, Ha=4)
@@ -423,7 +423,7 @@ def test_split_plan_on_a_gpu(monkeypatch):
 
     limit = {"blocks": 264}
 
-    def cooperative_limit(kern, args_fn, nt, shared_bytes):
+    def cooperative_limit(kern, args_fn, nt, shared_bytes, device=None):
         if limit["blocks"] is None:
             raise RuntimeError("cudadevrt not found")
         return limit["blocks"]
@@ -436,6 +436,11 @@ def test_split_plan_on_a_gpu(monkeypatch):
     plan = lambda B, n: be._split_plan(B, n, lambda P: None, lambda P: (), 256, 0)  # noqa: E731
     assert plan(1, 1024) == (4, 4)          # 1024 positions: four parts of 256
     assert plan(1, 511) == (1, 1)           # too short to split
+    monkeypatch.setattr(_config, "CUDA_SPLIT_STEP_MIN_POSITIONS", 1024)
+    step_plan = lambda B, n: be._split_plan(B, n, lambda P: None, lambda P: (), 256, 0,  # noqa: E731
+                                            step=True)
+    assert step_plan(1, 1024) == (1, 1)     # a step: 1024 positions per part at least
+    assert step_plan(1, 4096) == (4, 4)
     assert plan(100, 4096) == (1, 1)        # more sequences than SMs / 2
     limit["blocks"] = 80
     assert plan(40, 4096) == (2, 2)         # three parts wanted, two blocks each fit
@@ -474,7 +479,7 @@ def test_a_refused_split_launch(monkeypatch, choice):
 
     monkeypatch.setattr(be, "_sequence_kernel", lambda *key: Refused() if key[4]
                         else real(*key))
-    monkeypatch.setattr(be, "_split_plan", lambda *args: (2, 2))
+    monkeypatch.setattr(be, "_split_plan", lambda *args, **kw: (2, 2))
     monkeypatch.setattr(be, "_SPLIT_ERROR", None)
     monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", choice)
     model = make_model(score="kq", D=5, H=6, Ha=3)
@@ -701,7 +706,7 @@ def test_kernels_have_no_races(monkeypatch, case, threads, shuffles):
     be = _be()
     monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", threads)
     if parts > 1:
-        monkeypatch.setattr(be, "_split_plan", lambda *args: (parts, blocks))
+        monkeypatch.setattr(be, "_split_plan", lambda *args, **kw: (parts, blocks))
     if not shared:
         monkeypatch.setattr(_config, "CUDA_SHARED_BYTES", 0)
     model = make_model(score=score, recurrence=recurrence, window=window, D=5, H=6, Ha=4)

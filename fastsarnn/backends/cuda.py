@@ -250,6 +250,8 @@ def sequence_signature(dtype_name):
 
 _KERNELS = {}
 _KERNEL_LOCK = threading.Lock()
+#: dtype names by type code (``np.dtype.name`` takes microseconds, paid per token by ``step``)
+_DTYPE_NAMES = {"f": "float32", "d": "float64"}
 
 
 def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt):
@@ -264,7 +266,8 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt):
     nt = int(nt)
     W = min(nt, WARP)
     HPL = -(-int(H) // W)
-    key = (np.dtype(dtype).name, shuffles, global_scratch, rows_in_flight(G, HPL, dtype),
+    key = (_DTYPE_NAMES[np.dtype(dtype).char], shuffles, global_scratch,
+           rows_in_flight(G, HPL, dtype),
            bool(split), nt, HPL, -(-max(int(H), int(Ha)) // W))
     with _KERNEL_LOCK:
         kern = _KERNELS.get(key)
@@ -792,7 +795,7 @@ def _launch_key(kern, grid, block, shared, args):
             [a if type(a) is int or type(a) is bool else id(a) for a in args])
 
 
-def _run(kern, grid, block, shared, args, slot=None):
+def _run(kern, grid, block, shared, args, slot=None, ctx=None):
     """Launch ``kern[grid, block, 0, shared](*args)``.
 
     ``slot`` (a dict a caller keeps, such as a state's step stage) remembers its latest
@@ -803,13 +806,15 @@ def _run(kern, grid, block, shared, args, slot=None):
     context are held with the parameters, so an unchanged ``id`` is the same object with
     the same device pointer; arguments that change at every call are never prepared. On
     the simulator, and for good once preparing failed (saying why once), every launch goes
-    through numba-cuda.
+    through numba-cuda. ``ctx``: the calling thread's current CUDA context, where the
+    caller has looked it up already.
     """
     global _PREPARED_ERROR
     if slot is None or not _PREPARE_LAUNCHES or _PREPARED_ERROR is not None:
         _configured(kern, grid, block, shared)(*args)
         return
-    ctx = _current_context()              # current in this thread, as numba-cuda makes it
+    if ctx is None:     # the caller's, else the one current in this thread
+        ctx = _current_context()
     key = _launch_key(kern, grid, block, shared, args) + (id(ctx),)
     got = slot.get("prepared")            # (key, arguments held, launcher, tried)
     if got is not None and got[0] == key and got[2] is not None:
@@ -1076,12 +1081,13 @@ def last_launch():
     return dict(getattr(_LAST_LAUNCH, "plan", {}))
 
 
-def _cooperative_limit(kern, args_fn, nt, shared_bytes):
+def _cooperative_limit(kern, args_fn, nt, shared_bytes, device=None):
     """Blocks of ``kern`` that fit on the current GPU at once: the most a cooperative
     launch may have. The first call per kernel, block and device compiles and links the
     kernel for the arguments ``args_fn()``; later calls (every token of a stream) are a
     dictionary lookup."""
-    key = (id(kern), nt, shared_bytes, cuda.get_current_device().id)
+    key = (id(kern), nt, shared_bytes,
+           (device if device is not None else cuda.get_current_device()).id)
     got = _COOP_LIMITS.get(key)
     if got is None:
         compiled = kern.compile(tuple(kern.typeof_pyval(a) for a in args_fn()))
@@ -1098,14 +1104,14 @@ def _split_failed(exc):
                   f"block", RuntimeWarning, stacklevel=3)
 
 
-def _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes):
+def _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes, step=False, device=None):
     """``(P, blocks per sequence)``: the parts a sequence's attended positions are split
     into and the blocks that share them (each takes parts ``bx, bx + nbx, ...``).
 
     ``_config.CUDA_SPLIT_PARTS="auto"``: on a GPU that supports cooperative launches, split
     when every part gets at least ``_config.CUDA_SPLIT_MIN_POSITIONS`` positions at the
-    last step and at least two blocks per sequence fit on the GPU at once (one block per
-    part); never on the simulator, which runs blocks one after another; once the split
+    last step (``CUDA_SPLIT_STEP_MIN_POSITIONS`` for a ``step``, one token per launch) and
+    at least two blocks per sequence fit on the GPU at once (one block per part); never on the simulator, which runs blocks one after another; once the split
     kernel failed to build here (e.g. no cudadevrt), never again, with a warning. An
     integer forces ``P``: on a GPU, with as many blocks per sequence as fit (at least two,
     else no split), errors raised; on the simulator one block per sequence takes all ``P``
@@ -1117,10 +1123,11 @@ def _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes):
     if choice == "auto":
         if SIMULATOR or _SPLIT_ERROR is not None:
             return 1, 1
-        dev = cuda.get_current_device()
+        dev = device if device is not None else cuda.get_current_device()
         if not getattr(dev, "COOPERATIVE_LAUNCH", 1):
             return 1, 1
-        min_pos = max(1, int(_config.CUDA_SPLIT_MIN_POSITIONS))
+        min_pos = max(1, int(_config.CUDA_SPLIT_STEP_MIN_POSITIONS if step
+                             else _config.CUDA_SPLIT_MIN_POSITIONS))
         P = min(n_last // min_pos, dev.MULTIPROCESSOR_COUNT // B)
     else:
         P = choice
@@ -1129,7 +1136,8 @@ def _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes):
     if SIMULATOR:
         return P, 1
     try:    # compiles and links the cooperative kernel (it needs CUDA's cudadevrt library)
-        limit = _cooperative_limit(kernel_for(P), lambda: args_for(P), nt, shared_bytes)
+        limit = _cooperative_limit(kernel_for(P), lambda: args_for(P), nt, shared_bytes,
+                                   device=device)
     except Exception as exc:
         if choice != "auto":
             raise
@@ -1157,11 +1165,15 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
         raise ValueError(f"cuda kernel: inconsistent shapes x {d_x.shape}, out_h "
                          f"{d_out_h.shape}, out_c {d_out_c.shape}, lengths {d_len.shape}, "
                          f"state batch {state.batch_size}, model D={p.D} H={H}")
-    if p.window is None and int((state.positions + lens).max()) > state.capacity:
+    pos = state.positions
+    # the latest position of any sequence (a scalar for one sequence: a step's common case)
+    last = (int(pos[0]) if B == 1 else int(pos.max())) if B else 0
+    if p.window is None and B and (int(pos[0]) + int(lens[0]) if B == 1
+                                   else int((pos + lens).max())) > state.capacity:
         raise ValueError("cuda kernel: the state's capacity does not fit the new positions")
     want = d_attn is not None
     if want:
-        ncol = int(p.window) if compact else int(state.positions.max()) + T
+        ncol = int(p.window) if compact else last + T
         # dense: at least the columns written (a windowed state below its window runs the
         # unwindowed kernel into a buffer of `window` columns); compact: exactly `window`
         if (d_attn.shape[:2] != (B, T)
@@ -1175,7 +1187,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
     if keys is None:
         keys = w["none"]
     shared_bytes = 0 if global_scratch else nscratch * np.dtype(p.dtype).itemsize
-    n_last = int(state.positions.max()) + T if B else 0   # positions attended, last step
+    n_last = last + T if B else 0   # positions attended at the last step
     if p.window is not None:
         n_last = min(n_last, int(p.window))
 
@@ -1192,7 +1204,11 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
                 keys, h_arg, c_arg, pos_arg, d_out_h, d_out_c, d_attn, want, compact, parts,
                 P, scratch)
 
-    P, nbx = _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes)
+    # the calling thread's CUDA context, looked up once per call (each look-up costs
+    # microseconds, paid per token by step); the simulator has none
+    ctx = None if SIMULATOR else _current_context()
+    P, nbx = _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes, step=inline,
+                         device=None if ctx is None else ctx.device)
     kern, args = kernel_for(P), args_for(P, nbx)
     if not inline:
         n = B * T * H
@@ -1201,7 +1217,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
             w["wts"], D, w["sizes"][2], d_x, d_len, d_out_h, d_out_c)
     if P > 1:
         try:
-            _run(kern, (nbx, B), nt, shared_bytes, args, slot)
+            _run(kern, (nbx, B), nt, shared_bytes, args, slot, ctx)
         except Exception as exc:   # the cooperative launch refused: nothing ran
             if split_parts() != "auto":
                 raise
@@ -1209,8 +1225,11 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
             P, nbx = 1, 1
             kern, args = kernel_for(P), args_for(P, nbx)
     if P == 1:
-        _run(kern, B, nt, shared_bytes, args, slot)
-    cuda.synchronize()
+        _run(kern, B, nt, shared_bytes, args, slot, ctx)
+    if ctx is None:
+        cuda.synchronize()
+    else:
+        ctx.synchronize()     # what cuda.synchronize() does, without a second look-up
     _LAST_LAUNCH.plan = dict(parts=P, blocks_per_sequence=nbx, threads=nt,
                              global_scratch=global_scratch)
     if state._scratch:
