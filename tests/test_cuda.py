@@ -475,8 +475,10 @@ def test_split_plan_on_a_gpu(monkeypatch):
     assert plan(1, 1024) == (4, 4)          # 1024 positions: four parts of 256
     assert plan(1, 511) == (1, 1)           # too short to split
     monkeypatch.setattr(_config, "CUDA_SPLIT_STEP_MIN_POSITIONS", 1024)
-    step_plan = lambda B, n: be._split_plan(B, n, lambda P: None, lambda P: (), 256, 0,  # noqa: E731
-                                            step=True)
+
+    def step_plan(B, n):
+        return be._split_plan(B, n, lambda P: None, lambda P: (), 256, 0, step=True)
+
     assert step_plan(1, 1024) == (1, 1)     # a step: 1024 positions per part at least
     assert step_plan(1, 4096) == (4, 4)
     assert plan(100, 4096) == (1, 1)        # more sequences than SMs / 2

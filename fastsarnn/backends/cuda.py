@@ -256,8 +256,8 @@ _DTYPE_NAMES = {"f": "float32", "d": "float64"}
 
 def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt):
     """The sequence kernel for a dtype, warp-reduce flavour, scratch placement, G (capped
-    by :func:`rows_in_flight`), whether
-    it splits a sequence's positions over several blocks (a cooperative kernel), the block
+    by :func:`rows_in_flight`), whether it splits a sequence's positions over several
+    blocks (a cooperative kernel), the block
     size ``nt`` (its launch bound: the compiler keeps registers within what ``nt`` threads
     may use) and a lane's share of ``h`` and of the query, ``ceil(H / W)`` and
     ``ceil(max(H, Ha) / W)`` with ``W = min(nt, 32)``: sizes known when the kernel is
@@ -1109,13 +1109,14 @@ def _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes, step=False, d
     into and the blocks that share them (each takes parts ``bx, bx + nbx, ...``).
 
     ``_config.CUDA_SPLIT_PARTS="auto"``: on a GPU that supports cooperative launches, split
-    when every part gets at least ``_config.CUDA_SPLIT_MIN_POSITIONS`` positions at the
-    last step (``CUDA_SPLIT_STEP_MIN_POSITIONS`` for a ``step``, one token per launch) and
-    at least two blocks per sequence fit on the GPU at once (one block per part); never on the simulator, which runs blocks one after another; once the split
-    kernel failed to build here (e.g. no cudadevrt), never again, with a warning. An
-    integer forces ``P``: on a GPU, with as many blocks per sequence as fit (at least two,
-    else no split), errors raised; on the simulator one block per sequence takes all ``P``
-    parts (the same partial and merge code). ``(1, 1)``: the one-block-per-sequence kernel.
+    when every part gets at least ``_config.CUDA_SPLIT_MIN_POSITIONS`` positions at the last
+    step (``CUDA_SPLIT_STEP_MIN_POSITIONS`` for a ``step``, one token per launch) and at
+    least two blocks per sequence fit on the GPU at once (one block per part); never on the
+    simulator, which runs blocks one after another; once the split kernel failed to build
+    here (e.g. no cudadevrt), never again, with a warning. An integer forces ``P``: on a
+    GPU, with as many blocks per sequence as fit (at least two, else no split), errors
+    raised; on the simulator one block per sequence takes all ``P`` parts (the same partial
+    and merge code). ``(1, 1)``: the one-block-per-sequence kernel.
     ``kernel_for(P)`` and ``args_for(P)`` give the kernel and its arguments for ``P`` parts
     (the arguments are made only when the kernel's cooperative limit is not known yet).
     """
