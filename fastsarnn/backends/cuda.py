@@ -363,6 +363,9 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         chunk = (H + KS - 1) // KS
         KQ = NT // kdim if kdim < NT else 1      # parts of the k range, key/query
         chunkq = (H + KQ - 1) // KQ
+        for k in range(QPL):          # v is the same at every step: loaded once
+            a = lane + k * W
+            v_r[k] = wts[o_v + a] if (score == 4 and a < kdim) else zero
         # SPLIT: every block runs T steps (a barrier per step), idle past its length
         nsteps = x.shape[1] if SPLIT else L
         for r in range(nsteps):
@@ -442,7 +445,6 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                 for k in range(QPL):
                     a = lane + k * W
                     q_r[k] = buf[o_q + a] if a < kdim else zero
-                    v_r[k] = wts[o_v + a] if (score == 4 and a < kdim) else zero
                 # (3) attention over positions [lo, hi) of each part this block owns (one
                 # part, all n positions, unless SPLIT): warp w takes groups of G positions,
                 # group it*NW + w holding lo + (it*NW + w)*G + g, g < G (G rows in flight
