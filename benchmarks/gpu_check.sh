@@ -7,7 +7,7 @@
 #      (c left out where the C backend was not built), configurations S, M, L, step, then
 #      XL in a second run (its float64 NumPy reference alone takes about a minute), each
 #      with the runners' untimed first run (compilation, graph capture);
-#   3. benchmarks/cuda_split_compare.py: S, step, M with a sequence split over 1, 2, 4, 8,
+#   3. benchmarks/cuda_config_compare.py: S, step, M with a sequence split over 1, 2, 4, 8,
 #      16 blocks and "auto" (checked against the float64 reference, then timed);
 #   4. benchmarks/cuda_step_profile.py: where a token of model.step spends its time.
 # It prints the suites' summary lines and the bench tables, installs nothing from the
@@ -118,7 +118,7 @@ for part in "S M L step:$BENCH_LIMIT:gpu_bench" "XL:$XL_LIMIT:gpu_bench_xl"; do
 done
 
 echo "=== one sequence over several blocks (CUDA_SPLIT_PARTS), limit ${SPLIT_LIMIT}s"
-timeout -k 10 "$SPLIT_LIMIT" "$PY" "$ROOT/benchmarks/cuda_split_compare.py" --repeat 2 \
+timeout -k 10 "$SPLIT_LIMIT" "$PY" "$ROOT/benchmarks/cuda_config_compare.py" --repeat 2 \
     --config S --config step --config M 2>&1 \
     | tee "$LOGS/split.log"
 SPLIT_RC=${PIPESTATUS[0]}

@@ -51,8 +51,8 @@ NUMBA_ATTEND_CHUNK_BYTES = 32768
 #: Threads per CUDA block of the sequence kernel (a power of two in [2, 1024]; 8 warps:
 #: the warps split each step's attended positions); read at every launch. The kernel is
 #: compiled with this as its launch bound, so registers per thread are capped at
-#: 65536 / CUDA_BLOCK_SIZE: 256 allows 255, and ptxas (sm_90) uses 234 for H = 256 in
-#: float32 (the split kernel 242) without spilling; 512 would cap them at 128 and spill.
+#: 65536 / CUDA_BLOCK_SIZE: 256 allows 255, and ptxas (sm_90) uses 245 for H = 256 in
+#: float32 (the split kernel 244) without spilling; 512 would cap them at 128 and spill.
 CUDA_BLOCK_SIZE = 256
 #: Attended positions a warp of the CUDA kernel scores per round (rows in flight per warp,
 #: at most; compile-time constant of the kernel). Read at launch.
@@ -62,6 +62,13 @@ CUDA_ROWS_PER_WARP = 8
 #: sum): fewer rows per round where CUDA_ROWS_PER_WARP rows would not fit (H = 256 in
 #: float32: 4 rows), so that wide and float64 models do not spill. Read at launch.
 CUDA_ROW_CACHE_WORDS = 32
+#: 32-bit registers a thread of the CUDA sequence kernel gives the weights it has in flight
+#: in a matrix-vector product (W_c c, W_h h, W_s h, W_k h, W_q h, a step's W_x x): it
+#: issues that many weight loads (float64: half as many) before their multiply-adds, so a
+#: product of H terms costs H / loads round trips to the cache, not one per few terms (the
+#: compiler alone unrolls by 4: 64 round trips per step at H = 256). Compile-time constant
+#: of the kernel; read at launch.
+CUDA_MATVEC_WORDS = 16
 #: CUDA, few sequences with long histories: split each step's attended positions into this
 #: many parts, one block each, all blocks of a sequence in one cooperative launch (a grid
 #: barrier per step). "auto": on a GPU, as many parts as leave every part at least

@@ -309,6 +309,28 @@ def test_rows_capped_by_the_registers_for_them(monkeypatch, dtype, rows):
         assert max_err(out.attention, ref.attention) <= tol(model)
 
 
+@pytest.mark.parametrize("dtype,loads", [("float32", 4), ("float64", 2)])
+def test_matrix_vector_products_in_whole_rounds_and_a_last_partial_one(monkeypatch, dtype,
+                                                                        loads):
+    """CUDA_MATVEC_WORDS = 4: a thread loads 4 float32 (2 float64) weights per round, so
+    the products of H = 7 terms (W_c c, W_h h, W_s h, W_k h, W_q h) and the step's W_x x of
+    D = 5 terms take whole rounds and a last, partial round (float64's W_c c of H = 6
+    terms only whole ones); exact for every weight matrix, in forward and in step."""
+    monkeypatch.setattr(_config, "CUDA_MATVEC_WORDS", 4)
+    assert _be().weights_in_flight(dtype) == loads
+    for score, H in (("general", 7), ("kq", 7), ("additive", 6)):
+        model = make_model(score=score, recurrence="hc", dtype=dtype, D=5, H=H, Ha=5)
+        x = make_x(2, 5, 5)
+        st = model.init_state(2)
+        out = model.forward(x[:, :4], state=st, backend="cuda")
+        h, c = model.step(x[:, 4], st, backend="cuda")
+        ref = reference(model, x)
+        assert max_err(out.h, ref.h[:, :4]) <= tol(model)
+        assert max_err(out.c, ref.c[:, :4]) <= tol(model)
+        assert max_err(h, ref.h[:, 4]) <= tol(model)
+        assert max_err(c, ref.c[:, 4]) <= tol(model)
+
+
 def test_steps_and_forwards_plan_their_split_apart(monkeypatch):
     """``step`` asks the split plan for a step (CUDA_SPLIT_STEP_MIN_POSITIONS), ``forward``
     for a forward."""
@@ -548,6 +570,11 @@ def test_bad_config_is_refused(monkeypatch):
     with pytest.raises(ValueError, match="ROWS_PER_WARP"):
         model.forward(make_x(1, 2, 5), state=st, backend="cuda")
     monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", 8)
+    for words in (0, 2.0):
+        monkeypatch.setattr(_config, "CUDA_MATVEC_WORDS", words)
+        with pytest.raises(ValueError, match="MATVEC_WORDS"):
+            model.forward(make_x(1, 2, 5), state=st, backend="cuda")
+    monkeypatch.setattr(_config, "CUDA_MATVEC_WORDS", 16)
     monkeypatch.setattr(_config, "CUDA_WARP_SHUFFLES", "sometimes")
     with pytest.raises(ValueError, match="WARP_SHUFFLES"):
         model.forward(make_x(1, 2, 5), state=st, backend="cuda")

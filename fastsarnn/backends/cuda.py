@@ -7,7 +7,9 @@ launch (the projection done inside it). Per step the block
 
 1. updates the state: ``h_t = tanh(pre_t + W_c c_{t-1} [+ W_h h_{t-1}])``, the matrix-vector
    products split over the block (thread ``j`` of part ``g`` sums one slice of ``k``; weights
-   stored transposed, so neighbouring threads read neighbouring words);
+   stored transposed, so neighbouring threads read neighbouring words; a thread issues
+   ``CUDA_MATVEC_WORDS`` loads of its slice before their multiply-adds, so a slice costs
+   one round trip to the cache per that many terms);
 2. forms the key and the query (``W_k h_t``, ``W_q h_t``, ``W_s h_t``) the same way;
 3. attends in the FlashDecoding pattern: warp ``w`` owns attended positions ``w, w + NW,
    ...``; its lanes own dimensions (one history row read per warp, coalesced), a warp
@@ -181,6 +183,17 @@ def rows_in_flight(G, HPL, dtype):
     return max(1, min(int(G), int(_config.CUDA_ROW_CACHE_WORDS) // (int(HPL) * words)))
 
 
+def weights_in_flight(dtype):
+    """The weight loads a thread of the sequence kernel issues together in a
+    matrix-vector product: ``_config.CUDA_MATVEC_WORDS`` 32-bit registers' worth (at
+    least one)."""
+    words = _config.CUDA_MATVEC_WORDS
+    if not isinstance(words, int) or not 1 <= words <= 128:
+        raise ValueError(f"fastsarnn._config.CUDA_MATVEC_WORDS must be an integer in "
+                         f"[1, 128]; got {words!r}")
+    return max(1, words // (np.dtype(dtype).itemsize // 4))
+
+
 def block_geometry(H, Ha, D, dtype, shuffles, G):
     """(threads per block, scratch elements, scratch in global memory?) for a model.
 
@@ -262,13 +275,14 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt):
     may use) and a lane's share of ``h`` and of the query, ``ceil(H / W)`` and
     ``ceil(max(H, Ha) / W)`` with ``W = min(nt, 32)``: sizes known when the kernel is
     compiled, so that those per-lane arrays live in registers (models whose sizes give the
-    same shares share a kernel)."""
+    same shares share a kernel), and the weight loads in flight per thread
+    (:func:`weights_in_flight`)."""
     nt = int(nt)
     W = min(nt, WARP)
     HPL = -(-int(H) // W)
     key = (_DTYPE_NAMES[np.dtype(dtype).char], shuffles, global_scratch,
            rows_in_flight(G, HPL, dtype),
-           bool(split), nt, HPL, -(-max(int(H), int(Ha)) // W))
+           bool(split), nt, HPL, -(-max(int(H), int(Ha)) // W), weights_in_flight(dtype))
     with _KERNEL_LOCK:
         kern = _KERNELS.get(key)
         if kern is None:
@@ -276,8 +290,10 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt):
     return kern
 
 
-def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, HPL, QPL):
+def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, HPL, QPL,
+                           MV=None):
     tp = numba.float32 if dtype_name == "float32" else numba.float64
+    MV = weights_in_flight(dtype_name) if MV is None else int(MV)
     warp_allsum = _make_warp_allsum(shuffles, G)
     # compile-time constants: the branches of the other flavour fold away, loops over a
     # lane's dimensions have a fixed count
@@ -290,6 +306,9 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
     HPL = int(HPL)      # a lane's dimensions of h (lane + k*W, k < HPL): HPL*W >= H
     QPL = int(QPL)      # ... of the query (H or Ha): QPL*W >= max(H, Ha)
     ROWS = G * HPL      # a lane's share of the G history rows a warp holds per round
+    # indices of the hot loads are cast to unsigned: they are never negative, and a signed
+    # index costs every load a negative-index wraparound in 64-bit arithmetic
+    U = numba.uint64
 
     if SPLIT:   # only the split kernel may name the grid: that makes a launch cooperative
         @cuda.jit(device=True)
@@ -299,6 +318,38 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         @cuda.jit(device=True)
         def grid_sync():
             pass
+
+    @cuda.jit(device=True)
+    def column_dot(s, wts, o_w, ld, j, vec, o_vec, k0, k1):
+        """``s + sum_{k0 <= k < k1} wts[o_w + k*ld + j] * vec[o_vec + k]``, added in the
+        order of ``k``. The weights come ``MV`` at a time, their loads all issued before
+        their multiply-adds: one round trip to the cache per ``MV`` terms. ``wts`` holds
+        matrices transposed, so threads of neighbouring ``j`` read neighbouring words.
+        Indices are cast to unsigned (they are never negative), so that no
+        negative-index wraparound is computed per load."""
+        zero = tp(0.0)
+        wv = cuda.local.array(MV, tp)
+        cv = cuda.local.array(MV, tp)
+        k = k0
+        while k + MV <= k1:          # whole rounds: MV consecutive k, no clamping
+            base = o_w + k * ld + j
+            for u in range(MV):
+                wv[u] = wts[U(base + u * ld)]
+                cv[u] = vec[U(o_vec + k + u)]
+            for u in range(MV):
+                s += wv[u] * cv[u]
+            k += MV
+        if k < k1:                   # the last k1 - k < MV terms: indices clamped to k1 - 1
+            for u in range(MV):
+                kk = k + u
+                if kk > k1 - 1:
+                    kk = k1 - 1
+                wv[u] = wts[U(o_w + kk * ld + j)]
+                cv[u] = vec[U(o_vec + kk)]
+            for u in range(MV):     # a select, not a branch: no load sinks into one
+                w = wv[u] if k + u < k1 else zero
+                s += w * cv[u]
+        return s
 
     @cuda.jit(device=True)
     def run_sequence(b, bx, nbx, wts, D, H, Ha, score,
@@ -386,19 +437,14 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                     g = idx // H
                     j = idx - g * H
                     k1 = min(H, (g + 1) * chunk)
-                    s = zero
-                    for k in range(g * chunk, k1):
-                        s += wts[o_wc + k * H + j] * buf[o_c + k]
+                    s = column_dot(zero, wts, o_wc, H, j, buf, o_c, g * chunk, k1)
                     if recurrence == 1:
-                        for k in range(g * chunk, k1):
-                            s += wts[o_wh + k * H + j] * buf[o_h + k]
+                        s = column_dot(s, wts, o_wh, H, j, buf, o_h, g * chunk, k1)
                     buf[o_part + idx] = s
                 cuda.syncthreads()
                 for j in range(tid, H, NT):
                     if inline_proj:
-                        s = wts[o_b + j]
-                        for k in range(D):
-                            s += wts[o_wx + k * H + j] * buf[o_x + k]
+                        s = column_dot(wts[o_b + j], wts, o_wx, H, j, buf, o_x, 0, D)
                     else:
                         s = out_h[b, r, j]                   # W_x x_t + b, projected
                     for g in range(KS):
@@ -415,16 +461,12 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                         g = idx // kdim
                         a = idx - g * kdim
                         k1 = min(H, (g + 1) * chunkq)
-                        sq = zero
                         sk = zero
                         if keyed:
-                            for k in range(g * chunkq, k1):
-                                hk = buf[o_h + k]
-                                sk += wts[o_wk + k * Ha + a] * hk
-                                sq += wts[o_wq + k * Ha + a] * hk
+                            sk = column_dot(zero, wts, o_wk, Ha, a, buf, o_h, g * chunkq, k1)
+                            sq = column_dot(zero, wts, o_wq, Ha, a, buf, o_h, g * chunkq, k1)
                         else:
-                            for k in range(g * chunkq, k1):
-                                sq += wts[o_ws + k * H + a] * buf[o_h + k]
+                            sq = column_dot(zero, wts, o_ws, H, a, buf, o_h, g * chunkq, k1)
                         buf[o_part + idx] = sq
                         buf[o_part + PW + idx] = sk
                     cuda.syncthreads()
@@ -479,7 +521,7 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                                     d = lane + k * W
                                     if d > H - 1:
                                         d = H - 1
-                                    rows[g * HPL + k] = hist[b, slots[g], d]
+                                    rows[g * HPL + k] = hist[b, U(slots[g]), U(d)]
                             # scores: q_r (and v_r) are 0 past kdim, so the clamped terms add 0
                             for g in range(G):
                                 part = zero
@@ -488,13 +530,13 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                                         a = lane + k * W
                                         if a > kdim - 1:
                                             a = kdim - 1
-                                        part += v_r[k] * math.tanh(keys[b, slots[g], a] + q_r[k])
+                                        part += v_r[k] * math.tanh(keys[b, U(slots[g]), U(a)] + q_r[k])
                                 elif keyed:
                                     for k in range(QPL):
                                         a = lane + k * W
                                         if a > kdim - 1:
                                             a = kdim - 1
-                                        part += keys[b, slots[g], a] * q_r[k]
+                                        part += keys[b, U(slots[g]), U(a)] * q_r[k]
                                 else:           # kdim = H: the query's dims past H are 0
                                     for k in range(HPL):
                                         part += rows[g * HPL + k] * q_r[k]
