@@ -432,6 +432,9 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                 if inline_proj:
                     for k in range(tid, D, NT):
                         buf[o_x + k] = x[b, r, k]
+                    pre = zero
+                else:     # W_x x_t + b, projected: loaded now, in flight during (1)
+                    pre = out_h[b, r, tid] if tid < H else zero
                 # (1) partials of W_c c_{t-1} [+ W_h h_{t-1}] over k in part g's slice
                 for idx in range(tid, KS * H, NT):
                     g = idx // H
@@ -446,7 +449,7 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                     if inline_proj:
                         s = column_dot(wts[o_b + j], wts, o_wx, H, j, buf, o_x, 0, D)
                     else:
-                        s = out_h[b, r, j]                   # W_x x_t + b, projected
+                        s = pre if j == tid else out_h[b, r, j]
                     for g in range(KS):
                         s += buf[o_part + g * H + j]
                     hv = math.tanh(s)
