@@ -15,6 +15,7 @@ Needs a GPU for the split (the simulator never splits on "auto"). Usage:
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -60,7 +61,8 @@ def main(argv=None):
         print(f"fastsarnn._config has no setting {setting}")
         return 1
     default = getattr(_config, setting)
-    print(f"# {be.describe()}; {setting} in {values} (default {default!r}); "
+    print(f"# {be.describe()}; fastsarnn from {os.path.dirname(fs.__file__)}; {setting} in "
+          f"{values} (default {default!r}); "
           f"CUDA_SPLIT_MIN_POSITIONS={_config.CUDA_SPLIT_MIN_POSITIONS}")
     failures = 0
     for name in args.config or ["S", "step", "M", "L"]:

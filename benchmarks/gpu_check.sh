@@ -9,7 +9,11 @@
 #      with the runners' untimed first run (compilation, graph capture);
 #   3. benchmarks/cuda_config_compare.py: S, step, M with a sequence split over 1, 2, 4, 8,
 #      16 blocks and "auto" (checked against the float64 reference, then timed);
-#   4. benchmarks/cuda_step_profile.py: where a token of model.step spends its time.
+#   4. benchmarks/cuda_step_profile.py: where a token of model.step spends its time;
+#   5. where .baseline/ holds another revision's source tree (`bash benchmarks/gpu_check.sh
+#      baseline REV` makes it, where git is), that revision and this one timed in turn on
+#      S, M and step by benchmarks/cuda_config_compare.py (each checked against the
+#      float64 reference first): a before/after on one GPU, in one call.
 # It prints the suites' summary lines and the bench tables, installs nothing from the
 # network, and each part has its own time limit (about 5 minutes in all on an H200).
 #
@@ -19,12 +23,14 @@
 #   bash benchmarks/gpu_check.sh fetch    # on a machine with pip access: put the wheels
 #                                         # the GPU machine lacks (cffi, for the C backend)
 #                                         # into .whl/, to carry along
+#   bash benchmarks/gpu_check.sh baseline REV   # where git is: REV's tree into .baseline/
+#                                               # (git-ignored), to carry along for part 5
 # Environment: PYTHON (default python3); OUT (if set, the bench JSON and logs go there);
 # FASTSARNN_GPU_BLOCK (the suites' block size, default _config.CUDA_BLOCK_SIZE);
 # FASTSARNN_GPU_WORKERS (pytest-xdist processes for the suites where xdist is installed,
 # default 12; kernels compile per process, so tests run side by side);
-# FASTSARNN_GPU_TESTS_S, _BENCH_S, _XL_S, _SPLIT_S, _PROFILE_S (each part's time limit,
-# seconds).
+# FASTSARNN_GPU_TESTS_S, _BENCH_S, _XL_S, _SPLIT_S, _PROFILE_S, _BASELINE_S (each part's
+# time limit, seconds).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
@@ -33,6 +39,7 @@ BENCH_LIMIT=${FASTSARNN_GPU_BENCH_S:-90}
 XL_LIMIT=${FASTSARNN_GPU_XL_S:-120}
 SPLIT_LIMIT=${FASTSARNN_GPU_SPLIT_S:-40}
 PROFILE_LIMIT=${FASTSARNN_GPU_PROFILE_S:-30}
+BASELINE_LIMIT=${FASTSARNN_GPU_BASELINE_S:-90}
 
 if [ "${1:-}" = "fetch" ]; then   # wheels for CPython 3.12 on x86-64 Linux
     cd "$ROOT"
@@ -43,12 +50,23 @@ if [ "${1:-}" = "fetch" ]; then   # wheels for CPython 3.12 on x86-64 Linux
         --platform manylinux2014_x86_64 -d .whl cffi==2.0.0 pycparser==2.23
 fi
 
+if [ "${1:-}" = "baseline" ]; then   # another revision's source tree, for part 5
+    [ -n "${2:-}" ] || { echo "usage: bash benchmarks/gpu_check.sh baseline REV"; exit 2; }
+    cd "$ROOT"
+    EXCLUDE=$(git rev-parse --git-path info/exclude)
+    grep -qx '/.baseline/' "$EXCLUDE" 2>/dev/null || echo '/.baseline/' >> "$EXCLUDE"
+    rm -rf .baseline && mkdir .baseline
+    git archive "$2" | tar -x -C .baseline && git rev-parse "$2" > .baseline/REVISION
+    exit
+fi
+
 START=$(date +%s)
 stopped() { [ "$1" = 124 ] || [ "$1" = 137 ]; }   # timeout's codes: TERM, then KILL
 LOGS=${OUT:-$(mktemp -d)}
 mkdir -p "$LOGS"
 SITE=$(mktemp -d)
-export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+OTHER_PATHS=${PYTHONPATH:-}
+export PYTHONPATH="$SITE${OTHER_PATHS:+:$OTHER_PATHS}"
 export PYTHONUNBUFFERED=1
 cd "$ROOT"
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -130,6 +148,29 @@ timeout -k 10 "$PROFILE_LIMIT" "$PY" "$ROOT/benchmarks/cuda_step_profile.py" 2>&
 PROFILE_RC=${PIPESTATUS[0]}
 stopped "$PROFILE_RC" && echo "(the profile ran past ${PROFILE_LIMIT}s and was stopped)"
 
+BASELINE_RC=0
+if [ -f "$ROOT/.baseline/pyproject.toml" ]; then
+    echo "=== baseline $(cat "$ROOT/.baseline/REVISION" 2>/dev/null || echo '(unknown revision)')" \
+         "then this tree, S M step, limit ${BASELINE_LIMIT}s"
+    OLD_SITE=$(mktemp -d)
+    (cd "$ROOT/.baseline" && "$PY" -m pip install -q --no-index --no-deps \
+        --no-build-isolation --no-compile --target "$OLD_SITE" .) > "$LOGS/baseline_install.log" 2>&1 \
+        || { tail -5 "$LOGS/baseline_install.log"; BASELINE_RC=1; }
+    if [ "$BASELINE_RC" = 0 ]; then
+        # one process per tree (each imports its own fastsarnn), in turn, within one limit
+        timeout -k 10 "$BASELINE_LIMIT" bash -c '
+            for site in "$1" "$2"; do
+                PYTHONPATH="$site${3:+:$3}" "$4" "$5" --setting CUDA_SPLIT_PARTS=auto \
+                    --repeat 3 --config S --config M --config step || exit
+            done' _ "$OLD_SITE" "$SITE" "$OTHER_PATHS" "$PY" \
+            "$ROOT/benchmarks/cuda_config_compare.py" 2>&1 | tee "$LOGS/baseline.log"
+        BASELINE_RC=${PIPESTATUS[0]}
+        stopped "$BASELINE_RC" && echo "(the comparison ran past ${BASELINE_LIMIT}s and was stopped)"
+    fi
+fi
+
 echo "=== done in $(( $(date +%s) - START ))s: suites exit $TESTS_RC, bench exit $BENCH_RC," \
-     "split comparison exit $SPLIT_RC, step profile exit $PROFILE_RC; logs in $LOGS"
-[ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ] && [ "$SPLIT_RC" = 0 ] && [ "$PROFILE_RC" = 0 ]
+     "split comparison exit $SPLIT_RC, step profile exit $PROFILE_RC," \
+     "baseline comparison exit $BASELINE_RC; logs in $LOGS"
+[ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ] && [ "$SPLIT_RC" = 0 ] && [ "$PROFILE_RC" = 0 ] \
+    && [ "$BASELINE_RC" = 0 ]
