@@ -281,13 +281,17 @@ def test_global_scratch_matches_shared(monkeypatch):
 
 
 @pytest.mark.parametrize("rows", [1, 3])
-def test_rows_per_warp(monkeypatch, rows):
+@pytest.mark.parametrize("window", [None, 5])
+def test_rows_per_warp(monkeypatch, rows, window):
+    """G rows per round: groups of whole positions in consecutive slots, groups cut by the
+    last position, and (with a window, once the ring wraps) groups across the ring's end."""
     monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", rows)
-    model = make_model(score="dot", D=5, H=6)
-    x = make_x(1, 7, 5)
+    model = make_model(score="dot", window=window, D=5, H=6)
+    x = make_x(1, 12, 5)
     out = model.forward(x, return_attention=True, backend="cuda")
-    assert max_err(out.attention, reference(model, x, return_attention=True).attention) \
-        <= tol(model)
+    ref = reference(model, x, return_attention=True)
+    assert max_err(out.attention, ref.attention) <= tol(model)
+    assert max_err(out.c, ref.c) <= tol(model)
 
 
 @pytest.mark.parametrize("dtype,rows", [("float32", 2), ("float64", 1)])

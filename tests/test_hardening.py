@@ -42,6 +42,25 @@ def test_huge_scores_do_not_overflow_the_softmax(backend, dtype):
         assert np.all(out.c[:, t] >= lo) and np.all(out.c[:, t] <= hi)
 
 
+@pytest.mark.parametrize("score,window", [("dot", None), ("dot", 10), ("kq", 10),
+                                          ("additive", None)])
+def test_history_slots_never_attended_are_never_read(backend, score, window):
+    """After a first step, NaN in every later slot of the history and keys: the slots a
+    forward writes are the only ones it may read (a kernel that loads a few rows past the
+    last attended position and gives them weight 0 would still turn 0 * NaN into NaN)."""
+    model = make_model(score=score, window=window, D=4, H=8, Ha=6, dtype="float64")
+    x = make_x(2, 7, 4)
+    st = model.init_state(2, capacity=16)
+    model.forward(x[:, :1], state=st, backend=backend)
+    st.hist[:, 1:] = np.nan
+    if st.keys is not None:
+        st.keys[:, 1:] = np.nan
+    out = model.forward(x[:, 1:], state=st, return_attention=True, backend=backend)
+    ref = reference(model, x, return_attention=True)
+    assert max_err(out.c, ref.c[:, 1:]) <= 1e-10
+    assert max_err(out.attention, ref.attention[:, 1:]) <= 1e-10
+
+
 def test_long_sequence_without_window_on_c():
     if not fs.backends()["c"].available:
         pytest.skip("C backend unavailable")

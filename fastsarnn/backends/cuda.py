@@ -509,37 +509,49 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                             # the group's slots; rows past hi repeat row hi - 1 (their
                             # weights are 0 below), so every load is valid and none waits
                             # on a branch: the G*HPL loads of a lane are in flight together
+                            s0 = first_slot + i0
+                            if s0 >= span:
+                                s0 -= span
+                            if i0 + G <= hi and s0 + G <= span:   # the common case: G
+                                for g in range(G):              # slots in a row
+                                    slots[g] = s0 + g
+                            else:
+                                for g in range(G):
+                                    i = i0 + g
+                                    if i > hi - 1:
+                                        i = hi - 1
+                                    sl = first_slot + i
+                                    if sl >= span:
+                                        sl -= span
+                                    slots[g] = sl
+                            # rows[g*HPL + k] = hist[b, slot g, lane + k*W]; only the last
+                            # k can pass H - 1 ((HPL - 1) * W < H <= HPL * W), and is
+                            # clamped to it (those lanes' sums are never stored): the
+                            # others are one row pointer plus constant offsets
                             for g in range(G):
-                                i = i0 + g
-                                if i > hi - 1:
-                                    i = hi - 1
-                                sl = first_slot + i
-                                if sl >= span:
-                                    sl -= span
-                                slots[g] = sl
-                            # rows[g*HPL + k] = hist[b, slot g, lane + k*W] (clamped to H-1
-                            # past H: those lanes' sums are never stored)
-                            for g in range(G):
+                                row = hist[b, U(slots[g])]
                                 for k in range(HPL):
                                     d = lane + k * W
-                                    if d > H - 1:
+                                    if k == HPL - 1 and d > H - 1:
                                         d = H - 1
-                                    rows[g * HPL + k] = hist[b, U(slots[g]), U(d)]
+                                    rows[g * HPL + k] = row[U(d)]
                             # scores: q_r (and v_r) are 0 past kdim, so the clamped terms add 0
                             for g in range(G):
                                 part = zero
                                 if score == 4:
+                                    krow = keys[b, U(slots[g])]
                                     for k in range(QPL):
                                         a = lane + k * W
                                         if a > kdim - 1:
                                             a = kdim - 1
-                                        part += v_r[k] * math.tanh(keys[b, U(slots[g]), U(a)] + q_r[k])
+                                        part += v_r[k] * math.tanh(krow[U(a)] + q_r[k])
                                 elif keyed:
+                                    krow = keys[b, U(slots[g])]
                                     for k in range(QPL):
                                         a = lane + k * W
                                         if a > kdim - 1:
                                             a = kdim - 1
-                                        part += keys[b, U(slots[g]), U(a)] * q_r[k]
+                                        part += krow[U(a)] * q_r[k]
                                 else:           # kdim = H: the query's dims past H are 0
                                     for k in range(HPL):
                                         part += rows[g * HPL + k] * q_r[k]
