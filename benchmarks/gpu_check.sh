@@ -10,7 +10,10 @@
 #   3. benchmarks/cuda_config_compare.py: S, step, M with a sequence split over 1, 2, 4, 8,
 #      16 blocks and "auto" (checked against the float64 reference, then timed);
 #   4. benchmarks/cuda_step_profile.py: where a token of model.step spends its time;
-#   5. where .baseline/ holds another revision's source tree (`bash benchmarks/gpu_check.sh
+#   5. each setting named in FASTSARNN_GPU_SETTINGS (space-separated NAME=V1,V2,..., for
+#      example "CUDA_MATVEC_WORDS=8,16,32 CUDA_ROWS_PER_WARP=4,8"; none by default)
+#      compared on S and M by benchmarks/cuda_config_compare.py;
+#   6. where .baseline/ holds another revision's source tree (`bash benchmarks/gpu_check.sh
 #      baseline REV` makes it, where git is), that revision and this one timed in turn on
 #      S, M and step by benchmarks/cuda_config_compare.py (each checked against the
 #      float64 reference first): a before/after on one GPU, in one call.
@@ -24,13 +27,13 @@
 #                                         # the GPU machine lacks (cffi, for the C backend)
 #                                         # into .whl/, to carry along
 #   bash benchmarks/gpu_check.sh baseline REV   # where git is: REV's tree into .baseline/
-#                                               # (git-ignored), to carry along for part 5
+#                                               # (git-ignored), to carry along for part 6
 # Environment: PYTHON (default python3); OUT (if set, the bench JSON and logs go there);
 # FASTSARNN_GPU_BLOCK (the suites' block size, default _config.CUDA_BLOCK_SIZE);
 # FASTSARNN_GPU_WORKERS (pytest-xdist processes for the suites where xdist is installed,
 # default 12; kernels compile per process, so tests run side by side);
-# FASTSARNN_GPU_TESTS_S, _BENCH_S, _XL_S, _SPLIT_S, _PROFILE_S, _BASELINE_S (each part's
-# time limit, seconds).
+# FASTSARNN_GPU_SETTINGS (part 5); FASTSARNN_GPU_TESTS_S, _BENCH_S, _XL_S, _SPLIT_S,
+# _PROFILE_S, _SETTINGS_S (each setting), _BASELINE_S (each part's time limit, seconds).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
@@ -40,6 +43,7 @@ XL_LIMIT=${FASTSARNN_GPU_XL_S:-120}
 SPLIT_LIMIT=${FASTSARNN_GPU_SPLIT_S:-40}
 PROFILE_LIMIT=${FASTSARNN_GPU_PROFILE_S:-30}
 BASELINE_LIMIT=${FASTSARNN_GPU_BASELINE_S:-90}
+SETTINGS_LIMIT=${FASTSARNN_GPU_SETTINGS_S:-60}
 
 if [ "${1:-}" = "fetch" ]; then   # wheels for CPython 3.12 on x86-64 Linux
     cd "$ROOT"
@@ -50,7 +54,7 @@ if [ "${1:-}" = "fetch" ]; then   # wheels for CPython 3.12 on x86-64 Linux
         --platform manylinux2014_x86_64 -d .whl cffi==2.0.0 pycparser==2.23
 fi
 
-if [ "${1:-}" = "baseline" ]; then   # another revision's source tree, for part 5
+if [ "${1:-}" = "baseline" ]; then   # another revision's source tree, for part 6
     [ -n "${2:-}" ] || { echo "usage: bash benchmarks/gpu_check.sh baseline REV"; exit 2; }
     cd "$ROOT"
     EXCLUDE=$(git rev-parse --git-path info/exclude)
@@ -148,6 +152,17 @@ timeout -k 10 "$PROFILE_LIMIT" "$PY" "$ROOT/benchmarks/cuda_step_profile.py" 2>&
 PROFILE_RC=${PIPESTATUS[0]}
 stopped "$PROFILE_RC" && echo "(the profile ran past ${PROFILE_LIMIT}s and was stopped)"
 
+SETTINGS_RC=0
+for setting in ${FASTSARNN_GPU_SETTINGS:-}; do
+    echo "=== $setting on S and M, limit ${SETTINGS_LIMIT}s"
+    timeout -k 10 "$SETTINGS_LIMIT" "$PY" "$ROOT/benchmarks/cuda_config_compare.py" \
+        --setting "$setting" --repeat 3 --config S --config M 2>&1 \
+        | tee -a "$LOGS/settings.log"
+    RC=${PIPESTATUS[0]}
+    stopped "$RC" && echo "(the comparison ran past ${SETTINGS_LIMIT}s and was stopped)"
+    [ "$RC" = 0 ] || SETTINGS_RC=$RC
+done
+
 BASELINE_RC=0
 if [ -f "$ROOT/.baseline/pyproject.toml" ]; then
     echo "=== baseline $(cat "$ROOT/.baseline/REVISION" 2>/dev/null || echo '(unknown revision)')" \
@@ -171,6 +186,6 @@ fi
 
 echo "=== done in $(( $(date +%s) - START ))s: suites exit $TESTS_RC, bench exit $BENCH_RC," \
      "split comparison exit $SPLIT_RC, step profile exit $PROFILE_RC," \
-     "baseline comparison exit $BASELINE_RC; logs in $LOGS"
+     "settings exit $SETTINGS_RC, baseline comparison exit $BASELINE_RC; logs in $LOGS"
 [ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ] && [ "$SPLIT_RC" = 0 ] && [ "$PROFILE_RC" = 0 ] \
-    && [ "$BASELINE_RC" = 0 ]
+    && [ "$SETTINGS_RC" = 0 ] && [ "$BASELINE_RC" = 0 ]
