@@ -299,6 +299,7 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
     # lane's dimensions have a fixed count
     SPLIT = bool(split)
     W_C = min(int(nt), WARP)
+    NW_C = int(nt) // W_C   # warps per block
     # the launch bound (not on the simulator, whose jit has no such option): without it the
     # compiler may use more registers per thread than a block of nt threads can have
     # (65536 per block), and the launch fails
@@ -402,6 +403,7 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         acc_r = cuda.local.array(HPL, tp)      # this lane's dims lane + k*W of the warp's acc
         q_r = cuda.local.array(QPL, tp)        # ... of the query
         v_r = cuda.local.array(QPL, tp)        # ... of v (additive score), 0 past Ha
+        warp_scale = cuda.local.array(NW_C, tp)   # the merge's e^(m_w - M) of each warp
         inv_sqrt_h = tp(1.0 / math.sqrt(H))
         writer = bx == 0              # the block that writes outputs and the final state
         L = lengths[b]
@@ -482,14 +484,15 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                         buf[o_q + a] = sq
                         if keyed:
                             keys[b, slot, a] = sk
-                else:
-                    for a in range(tid, H, NT):
-                        buf[o_q + a] = (buf[o_h + a] * inv_sqrt_h if score == 1
-                                        else buf[o_h + a])
-                cuda.syncthreads()
-                for k in range(QPL):
-                    a = lane + k * W
-                    q_r[k] = buf[o_q + a] if a < kdim else zero
+                    cuda.syncthreads()
+                    for k in range(QPL):
+                        a = lane + k * W
+                        q_r[k] = buf[o_q + a] if a < kdim else zero
+                else:   # the query is h_t (scaled): read from h, no barrier of its own
+                    q_scale = inv_sqrt_h if score == 1 else tp(1.0)
+                    for k in range(QPL):
+                        a = lane + k * W
+                        q_r[k] = buf[o_h + a] * q_scale if a < H else zero
                 # (3) attention over positions [lo, hi) of each part this block owns (one
                 # part, all n positions, unless SPLIT): warp w takes groups of G positions,
                 # group it*NW + w holding lo + (it*NW + w)*G + g, g < G (G rows in flight
@@ -603,16 +606,15 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                     # part (0, -inf, 0); else c_t = sum_w acc_w e^(m_w - M) / l (n >= 1)
                     filled = hi > lo
                     lsum = zero
-                    if filled:
-                        for w in range(NW):
-                            lsum += buf[o_l + w] * math.exp(buf[o_m + w] - M)
+                    for w in range(NW_C):     # each warp's factor e^(m_w - M), once
+                        warp_scale[w] = math.exp(buf[o_m + w] - M) if filled else zero
+                        lsum += buf[o_l + w] * warp_scale[w]
                     inv_l = tp(1.0) / lsum if not SPLIT else zero
                     slotp = r % 2
                     for j in range(tid, H, NT):
                         acc = zero
-                        if filled:
-                            for w in range(NW):
-                                acc += buf[o_acc + w * H + j] * math.exp(buf[o_m + w] - M)
+                        for w in range(NW_C):
+                            acc += buf[o_acc + w * H + j] * warp_scale[w]
                         if SPLIT:
                             parts[slotp, b, q, j] = acc
                         else:
