@@ -96,10 +96,13 @@ def test_noisy_runs_are_flagged(monkeypatch):
 
     def slow_runner(cfg, model, x, who):
         run = real_runner(cfg, model, x, who)
+        result = []
 
-        def wrapped():
-            time.sleep(next(delays))
-            return run()
+        def wrapped():     # the real run once (checked), then only the delays are timed,
+            time.sleep(next(delays))    # whatever the machine's load
+            if not result:
+                result.append(run())
+            return result[0]
         return wrapped
 
     monkeypatch.setattr(suite, "runner", slow_runner)
