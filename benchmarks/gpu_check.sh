@@ -59,8 +59,10 @@ if [ "${1:-}" = "baseline" ]; then   # another revision's source tree, for part 
     cd "$ROOT"
     EXCLUDE=$(git rev-parse --git-path info/exclude)
     grep -qx '/.baseline/' "$EXCLUDE" 2>/dev/null || echo '/.baseline/' >> "$EXCLUDE"
-    rm -rf .baseline && mkdir .baseline
-    git archive "$2" | tar -x -C .baseline && git rev-parse "$2" > .baseline/REVISION
+    NEW=$(mktemp -d)    # a failed archive leaves the old .baseline/ in place
+    git archive "$2" | tar -x -C "$NEW" && git rev-parse "$2" > "$NEW/REVISION" \
+        || { rm -rf "$NEW"; exit 1; }
+    rm -rf .baseline && mv "$NEW" .baseline
     exit
 fi
 
@@ -153,7 +155,8 @@ PROFILE_RC=${PIPESTATUS[0]}
 stopped "$PROFILE_RC" && echo "(the profile ran past ${PROFILE_LIMIT}s and was stopped)"
 
 SETTINGS_RC=0
-for setting in ${FASTSARNN_GPU_SETTINGS:-}; do
+read -ra SETTINGS <<< "${FASTSARNN_GPU_SETTINGS:-}"   # split on spaces, never globbed
+for setting in "${SETTINGS[@]}"; do
     echo "=== $setting on S and M, limit ${SETTINGS_LIMIT}s"
     timeout -k 10 "$SETTINGS_LIMIT" "$PY" "$ROOT/benchmarks/cuda_config_compare.py" \
         --setting "$setting" --repeat 3 --config S --config M 2>&1 \
@@ -171,17 +174,18 @@ if [ -f "$ROOT/.baseline/pyproject.toml" ]; then
     (cd "$ROOT/.baseline" && "$PY" -m pip install -q --no-index --no-deps \
         --no-build-isolation --no-compile --target "$OLD_SITE" .) > "$LOGS/baseline_install.log" 2>&1 \
         || { tail -5 "$LOGS/baseline_install.log"; BASELINE_RC=1; }
-    if [ "$BASELINE_RC" = 0 ]; then
-        # one process per tree (each imports its own fastsarnn), in turn, within one limit
-        timeout -k 10 "$BASELINE_LIMIT" bash -c '
-            for site in "$1" "$2"; do
-                PYTHONPATH="$site${3:+:$3}" "$4" "$5" --setting CUDA_SPLIT_PARTS=auto \
-                    --repeat 3 --config S --config M --config step || exit
-            done' _ "$OLD_SITE" "$SITE" "$OTHER_PATHS" "$PY" \
-            "$ROOT/benchmarks/cuda_config_compare.py" 2>&1 | tee "$LOGS/baseline.log"
-        BASELINE_RC=${PIPESTATUS[0]}
-        stopped "$BASELINE_RC" && echo "(the comparison ran past ${BASELINE_LIMIT}s and was stopped)"
-    fi
+    # one process per tree (each imports its own fastsarnn), in turn, each within the
+    # limit: this tree runs even where the baseline failed or was stopped
+    TREES=("$SITE")
+    [ "$BASELINE_RC" = 0 ] && TREES=("$OLD_SITE" "$SITE")   # else: it did not install
+    for site in "${TREES[@]}"; do
+        PYTHONPATH="$site${OTHER_PATHS:+:$OTHER_PATHS}" timeout -k 10 "$BASELINE_LIMIT" \
+            "$PY" "$ROOT/benchmarks/cuda_config_compare.py" --setting CUDA_SPLIT_PARTS=auto \
+            --repeat 3 --config S --config M --config step 2>&1 | tee -a "$LOGS/baseline.log"
+        RC=${PIPESTATUS[0]}
+        stopped "$RC" && echo "(the comparison ran past ${BASELINE_LIMIT}s and was stopped)"
+        [ "$RC" = 0 ] || BASELINE_RC=$RC
+    done
 fi
 
 echo "=== done in $(( $(date +%s) - START ))s: suites exit $TESTS_RC, bench exit $BENCH_RC," \

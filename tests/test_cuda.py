@@ -294,6 +294,24 @@ def test_rows_per_warp(monkeypatch, rows, window):
     assert max_err(out.c, ref.c) <= tol(model)
 
 
+@pytest.mark.parametrize("block", [4, PRODUCTION_BLOCK])
+def test_wider_models_rounds_past_the_ring_end_and_a_clamped_last_share(monkeypatch, block):
+    """H = 40, Ha = 37 (several dimensions per lane, the last share clamped, also at the
+    production block size), a window of 10 over 25 steps with 3 rows per round (rounds of
+    consecutive slots after the ring wrapped, and rounds across its end), float32 with
+    the default weight loads in flight (whole and partial rounds of the products at a
+    block of 4): every score family against the reference."""
+    monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", block)
+    monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", 3)
+    x = make_x(1, 25, 5)
+    for score in ("dot", "kq", "additive"):
+        model = make_model(score=score, window=10, dtype="float32", D=5, H=40, Ha=37)
+        out = model.forward(x, return_attention=True, backend="cuda")
+        ref = reference(model, x, return_attention=True)
+        assert max_err(out.c, ref.c) <= tol(model)
+        assert max_err(out.attention, ref.attention) <= tol(model)
+
+
 @pytest.mark.parametrize("dtype,rows", [("float32", 2), ("float64", 1)])
 def test_rows_capped_by_the_registers_for_them(monkeypatch, dtype, rows):
     """Where a lane's share of CUDA_ROWS_PER_WARP rows exceeds CUDA_ROW_CACHE_WORDS
@@ -574,7 +592,7 @@ def test_bad_config_is_refused(monkeypatch):
     with pytest.raises(ValueError, match="ROWS_PER_WARP"):
         model.forward(make_x(1, 2, 5), state=st, backend="cuda")
     monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", 8)
-    for words in (0, 2.0):
+    for words in (0, 2.0, True):
         monkeypatch.setattr(_config, "CUDA_MATVEC_WORDS", words)
         with pytest.raises(ValueError, match="MATVEC_WORDS"):
             model.forward(make_x(1, 2, 5), state=st, backend="cuda")

@@ -188,7 +188,7 @@ def weights_in_flight(dtype):
     matrix-vector product: ``_config.CUDA_MATVEC_WORDS`` 32-bit registers' worth (at
     least one)."""
     words = _config.CUDA_MATVEC_WORDS
-    if not isinstance(words, int) or not 1 <= words <= 128:
+    if type(words) is not int or not 1 <= words <= 128:
         raise ValueError(f"fastsarnn._config.CUDA_MATVEC_WORDS must be an integer in "
                          f"[1, 128]; got {words!r}")
     return max(1, words // (np.dtype(dtype).itemsize // 4))
@@ -299,7 +299,6 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
     # lane's dimensions have a fixed count
     SPLIT = bool(split)
     W_C = min(int(nt), WARP)
-    NW_C = int(nt) // W_C   # warps per block
     # the launch bound (not on the simulator, whose jit has no such option): without it the
     # compiler may use more registers per thread than a block of nt threads can have
     # (65536 per block), and the launch fails
@@ -403,7 +402,6 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         acc_r = cuda.local.array(HPL, tp)      # this lane's dims lane + k*W of the warp's acc
         q_r = cuda.local.array(QPL, tp)        # ... of the query
         v_r = cuda.local.array(QPL, tp)        # ... of v (additive score), 0 past Ha
-        warp_scale = cuda.local.array(NW_C, tp)   # the merge's e^(m_w - M) of each warp
         inv_sqrt_h = tp(1.0 / math.sqrt(H))
         writer = bx == 0              # the block that writes outputs and the final state
         L = lengths[b]
@@ -606,15 +604,16 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                     # part (0, -inf, 0); else c_t = sum_w acc_w e^(m_w - M) / l (n >= 1)
                     filled = hi > lo
                     lsum = zero
-                    for w in range(NW_C):     # each warp's factor e^(m_w - M), once
-                        warp_scale[w] = math.exp(buf[o_m + w] - M) if filled else zero
-                        lsum += buf[o_l + w] * warp_scale[w]
+                    if filled:
+                        for w in range(NW):
+                            lsum += buf[o_l + w] * math.exp(buf[o_m + w] - M)
                     inv_l = tp(1.0) / lsum if not SPLIT else zero
                     slotp = r % 2
                     for j in range(tid, H, NT):
                         acc = zero
-                        for w in range(NW_C):
-                            acc += buf[o_acc + w * H + j] * warp_scale[w]
+                        if filled:
+                            for w in range(NW):
+                                acc += buf[o_acc + w * H + j] * math.exp(buf[o_m + w] - M)
                         if SPLIT:
                             parts[slotp, b, q, j] = acc
                         else:
@@ -1219,6 +1218,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
     H = p.H
     shuffles = use_shuffles()
     G = rows_per_warp()
+    weights_in_flight(p.dtype)
     split_parts()
     nt, nscratch, global_scratch = block_geometry(H, p.Ha, D, p.dtype, shuffles, G)
     # the sizes every index of the kernels relies on
