@@ -51,8 +51,8 @@ NUMBA_ATTEND_CHUNK_BYTES = 32768
 #: Threads per CUDA block of the sequence kernel (a power of two in [2, 1024]; 8 warps:
 #: the warps split each step's attended positions); read at every launch. The kernel is
 #: compiled with this as its launch bound, so registers per thread are capped at
-#: 65536 / CUDA_BLOCK_SIZE: 256 allows 255, and ptxas (sm_90) uses 248 for H = 256 in
-#: float32 (the split kernel 241) without spilling; 512 would cap them at 128 and spill.
+#: 65536 / CUDA_BLOCK_SIZE: 256 allows 255, and ptxas (sm_90) uses 233 for H = 256 in
+#: float32 (the split kernel 217) without spilling; 512 would cap them at 128 and spill.
 CUDA_BLOCK_SIZE = 256
 #: Attended positions a warp of the CUDA kernel scores per round (rows in flight per warp,
 #: at most; compile-time constant of the kernel). Read at launch.
