@@ -525,10 +525,10 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                                     if sl >= span:
                                         sl -= span
                                     slots[g] = sl
-                            # rows[g*HPL + k] = hist[b, slot g, lane + k*W]; only the last
-                            # k can pass H - 1 ((HPL - 1) * W < H <= HPL * W), and is
-                            # clamped to it (those lanes' sums are never stored): the
-                            # others are one row pointer plus constant offsets
+                            # rows[g*HPL + k] = hist[b, slot g, lane + k*W], read through
+                            # the row's view; only the last k can pass H - 1 ((HPL - 1) * W
+                            # < H <= HPL * W), and is clamped to it (those lanes' sums are
+                            # never stored)
                             for g in range(G):
                                 row = hist[b, U(slots[g])]
                                 for k in range(HPL):
