@@ -267,7 +267,7 @@ _KERNEL_LOCK = threading.Lock()
 _DTYPE_NAMES = {"f": "float32", "d": "float64"}
 
 
-def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt):
+def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV):
     """The sequence kernel for a dtype, warp-reduce flavour, scratch placement, G (capped
     by :func:`rows_in_flight`), whether it splits a sequence's positions over several
     blocks (a cooperative kernel), the block
@@ -275,14 +275,14 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt):
     may use) and a lane's share of ``h`` and of the query, ``ceil(H / W)`` and
     ``ceil(max(H, Ha) / W)`` with ``W = min(nt, 32)``: sizes known when the kernel is
     compiled, so that those per-lane arrays live in registers (models whose sizes give the
-    same shares share a kernel), and the weight loads in flight per thread
+    same shares share a kernel), and ``MV``, the weight loads in flight per thread
     (:func:`weights_in_flight`)."""
     nt = int(nt)
     W = min(nt, WARP)
     HPL = -(-int(H) // W)
     key = (_DTYPE_NAMES[np.dtype(dtype).char], shuffles, global_scratch,
            rows_in_flight(G, HPL, dtype),
-           bool(split), nt, HPL, -(-max(int(H), int(Ha)) // W), weights_in_flight(dtype))
+           bool(split), nt, HPL, -(-max(int(H), int(Ha)) // W), int(MV))
     with _KERNEL_LOCK:
         kern = _KERNELS.get(key)
         if kern is None:
@@ -1218,7 +1218,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
     H = p.H
     shuffles = use_shuffles()
     G = rows_per_warp()
-    weights_in_flight(p.dtype)
+    MV = weights_in_flight(p.dtype)
     split_parts()
     nt, nscratch, global_scratch = block_geometry(H, p.Ha, D, p.dtype, shuffles, G)
     # the sizes every index of the kernels relies on
@@ -1254,7 +1254,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
         n_last = min(n_last, int(p.window))
 
     def kernel_for(P):
-        return _sequence_kernel(p.dtype, shuffles, global_scratch, G, P > 1, H, p.Ha, nt)
+        return _sequence_kernel(p.dtype, shuffles, global_scratch, G, P > 1, H, p.Ha, nt, MV)
 
     def args_for(P, nbx=1):
         parts = (_workspace(w, "parts", (2, B, P, H + 2), p.dtype) if P > 1
