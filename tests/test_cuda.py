@@ -319,9 +319,15 @@ def test_rows_capped_by_the_registers_for_them(monkeypatch, dtype, rows):
     words hold 2 float32 rows or 1 float64 row); the results stay exact, every score family
     (keyed, with a window, and its attention weights)."""
     monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", 8)
-    monkeypatch.setattr(_config, "CUDA_ROW_CACHE_WORDS", 4)
     be = _be()
+    kernel_args = (np.dtype(dtype), False, False, 8, False, 8, 5, 4, 16)
+    wide = be._sequence_kernel(*kernel_args)
+    monkeypatch.setattr(_config, "CUDA_ROW_CACHE_WORDS", 4)
     assert be.rows_in_flight(8, 2, dtype) == rows
+    # the same arguments now give the kernel with the capped rows (G=8 -> rows)
+    capped = be._sequence_kernel(*kernel_args)
+    assert capped is not wide
+    assert capped is be._KERNELS[(dtype, False, False, rows, False, 4, 2, 2, 16)]
     for score, window in (("dot", None), ("kq", 3), ("additive", None)):
         model = make_model(score=score, window=window, dtype=dtype, D=5, H=8, Ha=5)
         x = make_x(2, 7, 5)
@@ -582,7 +588,14 @@ def test_a_refused_split_launch(monkeypatch, choice):
 
 
 def test_bad_config_is_refused(monkeypatch):
+    """Also after a launch under good settings: the launch plan made from them is kept
+    (_launch_plan) but remade, and checked, once a setting changes (True is not 1)."""
     model = make_model(D=5, H=6)
+    monkeypatch.setattr(_config, "CUDA_MATVEC_WORDS", 1)
+    for block in (4, 8):
+        monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", block)
+        model.forward(make_x(1, 2, 5), backend="cuda")
+        assert _be().last_launch()["threads"] == block
     st = model.init_state(1)
     monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", 6)
     with pytest.raises(ValueError, match="power of two"):

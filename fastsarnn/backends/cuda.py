@@ -52,6 +52,7 @@ block, one block per sequence takes all ``P`` parts: the same partial and merge 
 
 import functools
 import math
+import operator
 import os
 import threading
 import warnings
@@ -262,6 +263,7 @@ def sequence_signature(dtype_name):
 
 
 _KERNELS = {}
+_KERNELS_BY_ARGS = {}      # the same kernels by _sequence_kernel's arguments
 _KERNEL_LOCK = threading.Lock()
 #: dtype names by type code (``np.dtype.name`` takes microseconds, paid per token by ``step``)
 _DTYPE_NAMES = {"f": "float32", "d": "float64"}
@@ -277,6 +279,13 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV):
     compiled, so that those per-lane arrays live in registers (models whose sizes give the
     same shares share a kernel), and ``MV``, the weight loads in flight per thread
     (:func:`weights_in_flight`)."""
+    # by the arguments as given (a launch's look-up, paid per token by step): equal
+    # arguments derive the same key below
+    args = (dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV,
+            _config.CUDA_ROW_CACHE_WORDS)
+    kern = _KERNELS_BY_ARGS.get(args)
+    if kern is not None:
+        return kern
     nt = int(nt)
     W = min(nt, WARP)
     HPL = -(-int(H) // W)
@@ -287,6 +296,7 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV):
         kern = _KERNELS.get(key)
         if kern is None:
             kern = _KERNELS[key] = _build_sequence_kernel(*key)
+        _KERNELS_BY_ARGS[args] = kern
     return kern
 
 
@@ -1210,17 +1220,49 @@ def _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes, step=False, d
     return (nbx, nbx) if choice == "auto" else (P, nbx)
 
 
+#: The ``_config`` settings a launch plan (:func:`_launch_plan`) is derived from.
+_PLAN_SETTINGS = operator.attrgetter(
+    "CUDA_WARP_SHUFFLES", "CUDA_ROWS_PER_WARP", "CUDA_MATVEC_WORDS", "CUDA_ROW_CACHE_WORDS",
+    "CUDA_BLOCK_SIZE", "CUDA_SHARED_BYTES", "CUDA_SPLIT_PARTS")
+_PLANS = {}
+
+
+def _launch_plan(p):
+    """``(shuffles, G, MV, nt, nscratch, global_scratch)`` of a model under the current
+    settings, checked (:func:`use_shuffles`, :func:`rows_per_warp`,
+    :func:`weights_in_flight`, :func:`split_parts`, :func:`block_geometry`).
+
+    Made once per model sizes and settings, then a dictionary look-up: ``step`` pays it per
+    token. The key holds each setting with its type (``True`` is not ``1``), so a setting
+    changed to a bad value is checked again; an unhashable one is never cached.
+    """
+    try:
+        settings = _PLAN_SETTINGS(_config)
+        key = (p.H, p.Ha, p.D, p.dtype.char, settings, tuple(map(type, settings)),
+               SIMULATOR and _simulator_has_shuffles())
+        got = _PLANS.get(key)
+    except TypeError:     # an unhashable setting: the checks below say what is wrong
+        key, got = None, None
+    if got is None:
+        shuffles = use_shuffles()
+        G = rows_per_warp()
+        MV = weights_in_flight(p.dtype)
+        split_parts()
+        got = (shuffles, G, MV, *block_geometry(p.H, p.Ha, p.D, p.dtype, shuffles, G))
+        if key is not None:
+            if len(_PLANS) >= 256:
+                _PLANS.clear()
+            _PLANS[key] = got
+    return got
+
+
 def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, inline,
             slot=None):
     """Checks, then the projection (unless ``inline``) and the sequence kernel (launched
     through :func:`_run` with ``slot``)."""
     B, T, D = d_x.shape
     H = p.H
-    shuffles = use_shuffles()
-    G = rows_per_warp()
-    MV = weights_in_flight(p.dtype)
-    split_parts()
-    nt, nscratch, global_scratch = block_geometry(H, p.Ha, D, p.dtype, shuffles, G)
+    shuffles, G, MV, nt, nscratch, global_scratch = _launch_plan(p)
     # the sizes every index of the kernels relies on
     if (d_out_h.shape != (B, T, H) or d_out_c.shape != (B, T, H) or D != p.D
             or d_len.shape != (B,) or state.batch_size != B):
