@@ -10,6 +10,8 @@
 #   3. benchmarks/cuda_config_compare.py: S, step, M with a sequence split over 1, 2, 4, 8,
 #      16 blocks and "auto" (checked against the float64 reference, then timed);
 #   4. benchmarks/cuda_step_profile.py: where a token of model.step spends its time;
+#      benchmarks/cuda_phase_costs.py: what a kernel step's fixed part, its attention,
+#      one more matrix-vector product and a token of step cost, on S and M;
 #   5. each setting named in FASTSARNN_GPU_SETTINGS (space-separated NAME=V1,V2,..., for
 #      example "CUDA_MATVEC_WORDS=8,16,32 CUDA_ROWS_PER_WARP=4,8"; none by default)
 #      compared on S and M by benchmarks/cuda_config_compare.py;
@@ -33,7 +35,8 @@
 # FASTSARNN_GPU_WORKERS (pytest-xdist processes for the suites where xdist is installed,
 # default 12; kernels compile per process, so tests run side by side);
 # FASTSARNN_GPU_SETTINGS (part 5); FASTSARNN_GPU_TESTS_S, _BENCH_S, _XL_S, _SPLIT_S,
-# _PROFILE_S, _SETTINGS_S (each setting), _BASELINE_S (each part's time limit, seconds).
+# _PROFILE_S, _PHASES_S, _SETTINGS_S (each setting), _BASELINE_S (each part's time limit,
+# seconds).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
@@ -42,6 +45,7 @@ BENCH_LIMIT=${FASTSARNN_GPU_BENCH_S:-90}
 XL_LIMIT=${FASTSARNN_GPU_XL_S:-120}
 SPLIT_LIMIT=${FASTSARNN_GPU_SPLIT_S:-40}
 PROFILE_LIMIT=${FASTSARNN_GPU_PROFILE_S:-30}
+PHASES_LIMIT=${FASTSARNN_GPU_PHASES_S:-60}
 BASELINE_LIMIT=${FASTSARNN_GPU_BASELINE_S:-90}
 SETTINGS_LIMIT=${FASTSARNN_GPU_SETTINGS_S:-60}
 
@@ -154,6 +158,12 @@ timeout -k 10 "$PROFILE_LIMIT" "$PY" "$ROOT/benchmarks/cuda_step_profile.py" 2>&
 PROFILE_RC=${PIPESTATUS[0]}
 stopped "$PROFILE_RC" && echo "(the profile ran past ${PROFILE_LIMIT}s and was stopped)"
 
+echo "=== what the parts of a kernel step cost (model variants), limit ${PHASES_LIMIT}s"
+timeout -k 10 "$PHASES_LIMIT" "$PY" "$ROOT/benchmarks/cuda_phase_costs.py" 2>&1 \
+    | tee "$LOGS/phases.log"
+PHASES_RC=${PIPESTATUS[0]}
+stopped "$PHASES_RC" && echo "(the variants ran past ${PHASES_LIMIT}s and were stopped)"
+
 SETTINGS_RC=0
 read -ra SETTINGS <<< "${FASTSARNN_GPU_SETTINGS:-}"   # split on spaces, never globbed
 for setting in "${SETTINGS[@]}"; do
@@ -190,6 +200,7 @@ fi
 
 echo "=== done in $(( $(date +%s) - START ))s: suites exit $TESTS_RC, bench exit $BENCH_RC," \
      "split comparison exit $SPLIT_RC, step profile exit $PROFILE_RC," \
-     "settings exit $SETTINGS_RC, baseline comparison exit $BASELINE_RC; logs in $LOGS"
+     "phase costs exit $PHASES_RC, settings exit $SETTINGS_RC, baseline comparison exit" \
+     "$BASELINE_RC; logs in $LOGS"
 [ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ] && [ "$SPLIT_RC" = 0 ] && [ "$PROFILE_RC" = 0 ] \
-    && [ "$SETTINGS_RC" = 0 ] && [ "$BASELINE_RC" = 0 ]
+    && [ "$PHASES_RC" = 0 ] && [ "$SETTINGS_RC" = 0 ] && [ "$BASELINE_RC" = 0 ]
