@@ -359,6 +359,29 @@ def test_matrix_vector_products_in_whole_rounds_and_a_last_partial_one(monkeypat
         assert max_err(c, ref.c[:, 4]) <= tol(model)
 
 
+@pytest.mark.parametrize("parts", [1, 2])
+def test_projection_inside_the_kernel_over_several_steps(monkeypatch, parts):
+    """The kernel's own projection of ``W_x x_t + b`` (a step's; the first x_t is read
+    with h and c before the first barrier, later ones in the time loop), run here by
+    ``forward`` over 5 steps with lengths and a state carried over, on one block and
+    split in 2 parts: every score family against the reference."""
+    be = _be()
+    monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", parts)
+    real = be._launch
+    monkeypatch.setattr(be, "_launch", lambda *args: real(*args[:-1], True))
+    x = make_x(2, 8, 5)
+    lengths = np.array([5, 3])
+    for score in ("dot", "general", "kq", "additive"):
+        model = make_model(score=score, recurrence="hc", D=5, H=6, Ha=4)
+        st = model.init_state(2)
+        model.forward(x[:, :3], state=st, backend="cuda")
+        out = model.forward(x[:, 3:], lengths=lengths, state=st, backend="cuda")
+        ref = reference(model, x)
+        for b, n in enumerate(lengths):
+            assert max_err(out.h[b, :n], ref.h[b, 3:3 + n]) <= tol(model)
+            assert max_err(out.c[b, :n], ref.c[b, 3:3 + n]) <= tol(model)
+
+
 def test_steps_and_forwards_plan_their_split_apart(monkeypatch):
     """``step`` asks the split plan for a step (CUDA_SPLIT_STEP_MIN_POSITIONS), ``forward``
     for a forward."""

@@ -414,19 +414,25 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         v_r = cuda.local.array(QPL, tp)        # ... of v (additive score), 0 past Ha
         inv_sqrt_h = tp(1.0 / math.sqrt(H))
         writer = bx == 0              # the block that writes outputs and the final state
+        # every load that needs no other is issued before the first barrier, so that they
+        # wait together: the lengths, positions, h and c (and a step's x_t) of mapped host
+        # memory cost one round trip over the bus, not one per barrier
         L = lengths[b]
         pos0 = positions[b]
         for j in range(tid, H, NT):
             buf[o_h + j] = hs[b, j]
             buf[o_c + j] = cs[b, j]
+        if inline_proj and x.shape[1] > 0:   # the first step's x_t (later ones in the loop)
+            for k in range(tid, D, NT):
+                buf[o_x + k] = x[b, 0, k]
+        for k in range(QPL):          # v is the same at every step: loaded once
+            a = lane + k * W
+            v_r[k] = wts[o_v + a] if (score == 4 and a < kdim) else zero
         cuda.syncthreads()
         KS = NT // H if H < NT else 1            # parts of the k range, update
         chunk = (H + KS - 1) // KS
         KQ = NT // kdim if kdim < NT else 1      # parts of the k range, key/query
         chunkq = (H + KQ - 1) // KQ
-        for k in range(QPL):          # v is the same at every step: loaded once
-            a = lane + k * W
-            v_r[k] = wts[o_v + a] if (score == 4 and a < kdim) else zero
         # SPLIT: every block runs T steps (a barrier per step), idle past its length
         nsteps = x.shape[1] if SPLIT else L
         for r in range(nsteps):
@@ -440,8 +446,9 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
             first_slot = first % window if window > 0 else first
             if r < L:
                 if inline_proj:
-                    for k in range(tid, D, NT):
-                        buf[o_x + k] = x[b, r, k]
+                    if r > 0:     # step 0's x_t came with h and c
+                        for k in range(tid, D, NT):
+                            buf[o_x + k] = x[b, r, k]
                     pre = zero
                 else:     # W_x x_t + b, projected: loaded now, in flight during (1)
                     pre = out_h[b, r, tid] if tid < H else zero
