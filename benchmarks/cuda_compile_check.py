@@ -9,7 +9,9 @@ barrier anywhere but in the split kernel, and checks that a prepared launch (wha
 uses) hands cuda.core exactly what numba-cuda's own launch does; where ``ptxas`` is on
 the PATH (a CUDA toolkit), it also assembles each kernel and checks that its registers fit
 a block of the launch bound (65536 per block) and that the float32 kernels a GPU runs by
-default (shuffles, shared scratch) spill nothing; other spills are reported. It needs NVVM,
+default (shuffles, shared scratch) spill nothing; other spills are reported, as are those
+of that default kernel built for two blocks per SM (``CUDA_MIN_BLOCKS_PER_SM = 2``), whose
+launch bound and register cap it checks. It needs NVVM,
 which the CUDA wheels bring, for example (about 320 MB, into a scratch folder):
 
     pip install --target /tmp/cu13 --no-deps nvidia-nvvm==13.5.37 nvidia-cuda-nvrtc==13.5.37 \
@@ -189,6 +191,20 @@ def main(argv=None):
             print(f"{'ok  ' if ok else 'FAIL'} {name}: {len(ptx)} bytes of PTX, "
                   f"shfl={'shfl.sync' in ptx}, grid sync={grid_sync}, local memory "
                   f"accesses={local}{regs}, f64 ops={sorted(set(f64))[:4]}; {timing}")
+        if dtype == "float32" and ptxas:
+            # CUDA_MIN_BLOCKS_PER_SM = 2: the kernel a GPU runs by default, capped for two
+            # blocks per SM (its spills are reported: the setting trades them for occupancy)
+            rows = be.rows_in_flight(be.rows_per_warp(), args.sizes[1], dtype)
+            kern = be._build_sequence_kernel(dtype, True, False, rows, False, *args.sizes,
+                                             MB=2)
+            bound = kern.targetoptions.get("launch_bounds")
+            ptx, _ = cuda.compile_ptx(kern.py_func, seq_sig, cc=cc, launch_bounds=(nt, 2))
+            nregs, spill = _ptxas_usage(ptxas, ptx, cc)
+            ok = bound == (nt, 2) and nregs * nt * 2 <= 65536
+            failures += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} sequence {dtype}, two blocks per SM: launch "
+                  f"bound {bound}, {nregs} registers x {nt} threads x 2 blocks, {spill} "
+                  f"bytes spilled")
         small = ((be._project_kernel, (A1, t.int64, t.int64, A3, I1, A3, A3)),
                  (be._fill_zero_kernel, (A1,)), (be._nonfinite_kernel, (A3, I1, I1)))
         for kern, sig in small:

@@ -4,10 +4,10 @@ By default the setting is ``CUDA_SPLIT_PARTS`` (each sequence split over 1, 2, 4
 blocks and ``"auto"``, the plan's choice); ``--setting NAME=V1,V2,...`` names another
 (for example ``CUDA_MATVEC_WORDS=4,8,16,32`` or ``CUDA_ROWS_PER_WARP=2,4,8``; integers
 or strings, as the setting takes them). For the benchmark configurations S, step, L (one
-sequence) and M (32 sequences: "auto" splits them into 2 parts on an H100/H200), runs
-each value, checks every result against the float64 NumPy reference (the contract's
-tolerance; L, 16384 steps, is compared among the values only) and against the first
-value's, then times each (best of ``--repeat`` warm runs; compilation and warm-up
+sequence), M (32 sequences: "auto" splits them into 2 parts on an H100/H200) and, when
+named, XL (1024 sequences), runs each value, checks every result against the float64
+NumPy reference (the contract's tolerance; L, 16384 steps, and XL, whose reference takes
+a minute, are compared among the values only) and against the first value's, then times each (best of ``--repeat`` warm runs; compilation and warm-up
 excluded) and prints one line per configuration, with the split the last launch used.
 Needs a GPU for the split (the simulator never splits on "auto"). Usage:
 ``python benchmarks/cuda_config_compare.py [--setting NAME=V1,V2] [--repeat 3]
@@ -38,7 +38,7 @@ def main(argv=None):
     ap.add_argument("--setting", type=parse_setting, default=parse_setting(DEFAULT_SETTING),
                     help=f"NAME=V1,V2,... (default {DEFAULT_SETTING})")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--config", action="append", choices=("S", "step", "L", "M"))
+    ap.add_argument("--config", action="append", choices=("S", "step", "L", "M", "XL"))
     ap.add_argument("--quick", action="store_true",
                     help="the small configurations of `fastsarnn bench --quick`")
     ap.add_argument("--block", type=int, help="threads per block (default: "
@@ -70,7 +70,7 @@ def main(argv=None):
         model, x = suite.make_problem(cfg)
         # the contract's check: float64 math (L, 16384 steps, is compared among the values)
         ref = (model.astype("float64").forward(x.astype(np.float64), backend="numpy").h
-               if name != "L" else None)
+               if name not in ("L", "XL") else None)
         results, times = {}, {}
         for value in values:
             setattr(_config, setting, value)

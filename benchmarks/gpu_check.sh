@@ -14,7 +14,9 @@
 #      one more matrix-vector product and a token of step cost, on S and M;
 #   5. each setting named in FASTSARNN_GPU_SETTINGS (space-separated NAME=V1,V2,..., for
 #      example "CUDA_MATVEC_WORDS=8,16,32 CUDA_ROWS_PER_WARP=4,8"; none by default)
-#      compared on S and M by benchmarks/cuda_config_compare.py;
+#      compared on S and M, or on the configurations named after an @ (for example
+#      CUDA_MIN_BLOCKS_PER_SM=1,2@XL or CUDA_MATVEC_WORDS=8,16@S,M,XL), by
+#      benchmarks/cuda_config_compare.py;
 #   6. where .baseline/ holds another revision's source tree (`bash benchmarks/gpu_check.sh
 #      baseline REV` makes it, where git is), that revision and this one timed in turn on
 #      S, M and step by benchmarks/cuda_config_compare.py (each checked against the
@@ -167,9 +169,14 @@ stopped "$PHASES_RC" && echo "(the variants ran past ${PHASES_LIMIT}s and were s
 SETTINGS_RC=0
 read -ra SETTINGS <<< "${FASTSARNN_GPU_SETTINGS:-}"   # split on spaces, never globbed
 for setting in "${SETTINGS[@]}"; do
-    echo "=== $setting on S and M, limit ${SETTINGS_LIMIT}s"
+    CONFIGS=S,M
+    if [[ $setting == *@* ]]; then CONFIGS=${setting#*@}; setting=${setting%%@*}; fi
+    IFS=, read -ra SETTINGS_CONFIGS <<< "$CONFIGS"
+    CONFIG_ARGS=()
+    for c in "${SETTINGS_CONFIGS[@]}"; do CONFIG_ARGS+=(--config "$c"); done
+    echo "=== $setting on ${SETTINGS_CONFIGS[*]}, limit ${SETTINGS_LIMIT}s"
     timeout -k 10 "$SETTINGS_LIMIT" "$PY" "$ROOT/benchmarks/cuda_config_compare.py" \
-        --setting "$setting" --repeat 3 --config S --config M 2>&1 \
+        --setting "$setting" --repeat 3 "${CONFIG_ARGS[@]}" 2>&1 \
         | tee -a "$LOGS/settings.log"
     RC=${PIPESTATUS[0]}
     stopped "$RC" && echo "(the comparison ran past ${SETTINGS_LIMIT}s and was stopped)"

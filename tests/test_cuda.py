@@ -327,7 +327,7 @@ def test_rows_capped_by_the_registers_for_them(monkeypatch, dtype, rows):
     # the same arguments now give the kernel with the capped rows (G=8 -> rows)
     capped = be._sequence_kernel(*kernel_args)
     assert capped is not wide
-    assert capped is be._KERNELS[(dtype, False, False, rows, False, 4, 2, 2, 16)]
+    assert capped is be._KERNELS[(dtype, False, False, rows, False, 4, 2, 2, 16, 1)]
     for score, window in (("dot", None), ("kq", 3), ("additive", None)):
         model = make_model(score=score, window=window, dtype=dtype, D=5, H=8, Ha=5)
         x = make_x(2, 7, 5)
@@ -335,6 +335,29 @@ def test_rows_capped_by_the_registers_for_them(monkeypatch, dtype, rows):
         ref = reference(model, x, return_attention=True)
         assert max_err(out.h, ref.h) <= tol(model)
         assert max_err(out.attention, ref.attention) <= tol(model)
+
+
+def test_blocks_per_sm_is_compiled_into_the_kernel(monkeypatch):
+    """CUDA_MIN_BLOCKS_PER_SM = 2 builds a kernel of its own, whose launch bound (on a
+    GPU; the simulator has none) asks for two blocks per SM; forward and step exact."""
+    be = _be()
+    built = []
+    real = be._build_sequence_kernel
+    monkeypatch.setattr(be, "_build_sequence_kernel",
+                        lambda *key: built.append(key) or real(*key))
+    monkeypatch.setattr(_config, "CUDA_MIN_BLOCKS_PER_SM", 2)
+    model = make_model(score="general", recurrence="hc", D=5, H=7)
+    x = make_x(2, 5, 5)
+    st = model.init_state(2)
+    out = model.forward(x[:, :4], state=st, backend="cuda")
+    h, c = model.step(x[:, 4], st, backend="cuda")
+    ref = reference(model, x)
+    assert max_err(out.h, ref.h[:, :4]) <= tol(model)
+    assert max_err(h, ref.h[:, 4]) <= tol(model) and max_err(c, ref.c[:, 4]) <= tol(model)
+    assert built and all(key[-1] == 2 for key in built)
+    if not be.SIMULATOR:
+        nt = be.last_launch()["threads"]
+        assert be._KERNELS[built[0]].targetoptions["launch_bounds"] == (nt, 2)
 
 
 @pytest.mark.parametrize("dtype,loads", [("float32", 4), ("float64", 2)])
@@ -633,6 +656,11 @@ def test_bad_config_is_refused(monkeypatch):
         with pytest.raises(ValueError, match="MATVEC_WORDS"):
             model.forward(make_x(1, 2, 5), state=st, backend="cuda")
     monkeypatch.setattr(_config, "CUDA_MATVEC_WORDS", 16)
+    for blocks in (0, 9, 2.0, True):
+        monkeypatch.setattr(_config, "CUDA_MIN_BLOCKS_PER_SM", blocks)
+        with pytest.raises(ValueError, match="MIN_BLOCKS_PER_SM"):
+            model.forward(make_x(1, 2, 5), state=st, backend="cuda")
+    monkeypatch.setattr(_config, "CUDA_MIN_BLOCKS_PER_SM", 1)
     monkeypatch.setattr(_config, "CUDA_WARP_SHUFFLES", "sometimes")
     with pytest.raises(ValueError, match="WARP_SHUFFLES"):
         model.forward(make_x(1, 2, 5), state=st, backend="cuda")

@@ -195,6 +195,16 @@ def weights_in_flight(dtype):
     return max(1, words // (np.dtype(dtype).itemsize // 4))
 
 
+def blocks_per_sm():
+    """``_config.CUDA_MIN_BLOCKS_PER_SM``, checked: the blocks of the sequence kernel an SM
+    must hold at once (its launch bound's second figure)."""
+    mb = _config.CUDA_MIN_BLOCKS_PER_SM
+    if type(mb) is not int or not 1 <= mb <= 8:
+        raise ValueError(f"fastsarnn._config.CUDA_MIN_BLOCKS_PER_SM must be an integer in "
+                         f"[1, 8]; got {mb!r}")
+    return mb
+
+
 def block_geometry(H, Ha, D, dtype, shuffles, G):
     """(threads per block, scratch elements, scratch in global memory?) for a model.
 
@@ -269,7 +279,7 @@ _KERNEL_LOCK = threading.Lock()
 _DTYPE_NAMES = {"f": "float32", "d": "float64"}
 
 
-def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV):
+def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, MB=1):
     """The sequence kernel for a dtype, warp-reduce flavour, scratch placement, G (capped
     by :func:`rows_in_flight`), whether it splits a sequence's positions over several
     blocks (a cooperative kernel), the block
@@ -277,11 +287,12 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV):
     may use) and a lane's share of ``h`` and of the query, ``ceil(H / W)`` and
     ``ceil(max(H, Ha) / W)`` with ``W = min(nt, 32)``: sizes known when the kernel is
     compiled, so that those per-lane arrays live in registers (models whose sizes give the
-    same shares share a kernel), and ``MV``, the weight loads in flight per thread
-    (:func:`weights_in_flight`)."""
+    same shares share a kernel), ``MV``, the weight loads in flight per thread
+    (:func:`weights_in_flight`), and ``MB``, the blocks an SM must hold at once
+    (:func:`blocks_per_sm`)."""
     # by the arguments as given (a launch's look-up, paid per token by step): equal
     # arguments derive the same key below
-    args = (dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV,
+    args = (dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, MB,
             _config.CUDA_ROW_CACHE_WORDS)
     kern = _KERNELS_BY_ARGS.get(args)
     if kern is not None:
@@ -291,7 +302,7 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV):
     HPL = -(-int(H) // W)
     key = (_DTYPE_NAMES[np.dtype(dtype).char], shuffles, global_scratch,
            rows_in_flight(G, HPL, dtype),
-           bool(split), nt, HPL, -(-max(int(H), int(Ha)) // W), int(MV))
+           bool(split), nt, HPL, -(-max(int(H), int(Ha)) // W), int(MV), int(MB))
     with _KERNEL_LOCK:
         kern = _KERNELS.get(key)
         if kern is None:
@@ -301,7 +312,7 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV):
 
 
 def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, HPL, QPL,
-                           MV=None):
+                           MV=None, MB=1):
     tp = numba.float32 if dtype_name == "float32" else numba.float64
     MV = weights_in_flight(dtype_name) if MV is None else int(MV)
     warp_allsum = _make_warp_allsum(shuffles, G)
@@ -311,8 +322,9 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
     W_C = min(int(nt), WARP)
     # the launch bound (not on the simulator, whose jit has no such option): without it the
     # compiler may use more registers per thread than a block of nt threads can have
-    # (65536 per block), and the launch fails
-    kernel_options = {} if SIMULATOR else {"launch_bounds": int(nt)}
+    # (65536 per block), and the launch fails; with MB > 1 blocks per SM, a tighter cap
+    bound = int(nt) if int(MB) == 1 else (int(nt), int(MB))
+    kernel_options = {} if SIMULATOR else {"launch_bounds": bound}
     HPL = int(HPL)      # a lane's dimensions of h (lane + k*W, k < HPL): HPL*W >= H
     QPL = int(QPL)      # ... of the query (H or Ha): QPL*W >= max(H, Ha)
     ROWS = G * HPL      # a lane's share of the G history rows a warp holds per round
@@ -1230,14 +1242,15 @@ def _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes, step=False, d
 #: The ``_config`` settings a launch plan (:func:`_launch_plan`) is derived from.
 _PLAN_SETTINGS = operator.attrgetter(
     "CUDA_WARP_SHUFFLES", "CUDA_ROWS_PER_WARP", "CUDA_MATVEC_WORDS", "CUDA_ROW_CACHE_WORDS",
-    "CUDA_BLOCK_SIZE", "CUDA_SHARED_BYTES", "CUDA_SPLIT_PARTS")
+    "CUDA_BLOCK_SIZE", "CUDA_SHARED_BYTES", "CUDA_SPLIT_PARTS", "CUDA_MIN_BLOCKS_PER_SM")
 _PLANS = {}
 
 
 def _launch_plan(p):
-    """``(shuffles, G, MV, nt, nscratch, global_scratch)`` of a model under the current
+    """``(shuffles, G, MV, MB, nt, nscratch, global_scratch)`` of a model under the current
     settings, checked (:func:`use_shuffles`, :func:`rows_per_warp`,
-    :func:`weights_in_flight`, :func:`split_parts`, :func:`block_geometry`).
+    :func:`weights_in_flight`, :func:`blocks_per_sm`, :func:`split_parts`,
+    :func:`block_geometry`).
 
     Made once per model sizes and settings, then a dictionary look-up: ``step`` pays it per
     token. The key holds each setting with its type (``True`` is not ``1``), so a setting
@@ -1254,8 +1267,9 @@ def _launch_plan(p):
         shuffles = use_shuffles()
         G = rows_per_warp()
         MV = weights_in_flight(p.dtype)
+        MB = blocks_per_sm()
         split_parts()
-        got = (shuffles, G, MV, *block_geometry(p.H, p.Ha, p.D, p.dtype, shuffles, G))
+        got = (shuffles, G, MV, MB, *block_geometry(p.H, p.Ha, p.D, p.dtype, shuffles, G))
         if key is not None:
             if len(_PLANS) >= 256:
                 _PLANS.clear()
@@ -1269,7 +1283,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
     through :func:`_run` with ``slot``)."""
     B, T, D = d_x.shape
     H = p.H
-    shuffles, G, MV, nt, nscratch, global_scratch = _launch_plan(p)
+    shuffles, G, MV, MB, nt, nscratch, global_scratch = _launch_plan(p)
     # the sizes every index of the kernels relies on
     if (d_out_h.shape != (B, T, H) or d_out_c.shape != (B, T, H) or D != p.D
             or d_len.shape != (B,) or state.batch_size != B):
@@ -1303,7 +1317,8 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
         n_last = min(n_last, int(p.window))
 
     def kernel_for(P):
-        return _sequence_kernel(p.dtype, shuffles, global_scratch, G, P > 1, H, p.Ha, nt, MV)
+        return _sequence_kernel(p.dtype, shuffles, global_scratch, G, P > 1, H, p.Ha, nt, MV,
+                                MB)
 
     def args_for(P, nbx=1):
         parts = (_workspace(w, "parts", (2, B, P, H + 2), p.dtype) if P > 1
