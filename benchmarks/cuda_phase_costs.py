@@ -3,9 +3,12 @@
 The sequence kernel runs a fixed part per step (the matrix-vector products, ``tanh``, the
 barriers, the warps' merge) and an attention part that grows with the attended positions.
 Their costs follow from runs that differ in one thing, all with the same compiled kernel
-(window, score and recurrence are launch arguments):
+(window, score and recurrence are launch arguments) on one block per sequence
+(``CUDA_SPLIT_PARTS`` is set to ``--parts``, 1 by default: under "auto" the variants
+would split differently, a window of 1 never):
 
-- ``window=1``: one attended position per step, so the time per step is the fixed part;
+- ``window=1``: one attended position per step, so the time per step is the fixed part
+  (and that one position);
 - the benchmark configuration itself: the attention part is the difference, per step and
   per attended position;
 - ``recurrence="hc"``: one more H x H product per step (``W_h h``);
@@ -55,6 +58,8 @@ def main(argv=None):
                     help="the small configurations of `fastsarnn bench --quick`")
     ap.add_argument("--block", type=int, help="threads per block (default: "
                     "_config.CUDA_BLOCK_SIZE; e.g. 4 to try the script on the simulator)")
+    ap.add_argument("--parts", type=int, default=1, help="CUDA_SPLIT_PARTS for every "
+                    "variant (default 1: one block per sequence)")
     args = ap.parse_args(argv)
 
     import fastsarnn as fs
@@ -64,6 +69,7 @@ def main(argv=None):
 
     if args.block:
         _config.CUDA_BLOCK_SIZE = args.block
+    _config.CUDA_SPLIT_PARTS = args.parts
     info = fs.backends()["cuda"]
     if not info.available:
         print(f"cuda unavailable: {info.reason}")
@@ -76,6 +82,7 @@ def main(argv=None):
     for name in args.config or ["S", "M"]:
         cfg = (suite.QUICK if args.quick else suite.CONFIGS)[name]
         us = {}     # label -> microseconds per step (per token for the step variants)
+        parts = {}  # label -> the split its last launch ran
         for label, var in variants(cfg):
             model, x = suite.make_problem(var)
             ref = model.astype("float64").forward(x.astype(np.float64), backend="numpy").h
@@ -93,14 +100,18 @@ def main(argv=None):
                 best = min(best, time.perf_counter() - t)
             us[label] = best / var.T * 1e6
             plan = be.last_launch()
+            parts[label] = plan.get("parts", 1)
             print(f"{name} {label:<15} {best * 1e3:9.2f} ms  {us[label]:8.2f} us per step  "
                   f"(max err {err:.1e}; {plan.get('parts', 1)} part(s), "
                   f"{plan.get('threads')} threads)")
+        if len(set(parts.values())) > 1:   # a forced count a GPU cannot fit, for one
+            print(f"{name}: the variants ran different splits {parts}; no derived figures")
+            continue
         print(f"{name} (B={cfg.B}, T={cfg.T}, D={cfg.D}, H={cfg.H}), per step of one launch:")
         if "base" in us and "window=1" in us:
             extra = attended(cfg) - attended(dataclasses.replace(cfg, window=1))
             att = us["base"] - us["window=1"]
-            print(f"  {'fixed part (window=1)':<40}{us['window=1']:8.2f} us")
+            print(f"  {'fixed part (window=1: one position)':<40}{us['window=1']:8.2f} us")
             print(f"  {'attention, mean over the steps':<40}{att:8.2f} us "
                   f"({att * 1e3 * cfg.T / extra:.2f} ns per attended position)")
         for label, what in (("recurrence=hc", "one H x H product (W_h h)"),

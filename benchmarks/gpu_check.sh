@@ -47,7 +47,7 @@ BENCH_LIMIT=${FASTSARNN_GPU_BENCH_S:-90}
 XL_LIMIT=${FASTSARNN_GPU_XL_S:-120}
 SPLIT_LIMIT=${FASTSARNN_GPU_SPLIT_S:-40}
 PROFILE_LIMIT=${FASTSARNN_GPU_PROFILE_S:-30}
-PHASES_LIMIT=${FASTSARNN_GPU_PHASES_S:-60}
+PHASES_LIMIT=${FASTSARNN_GPU_PHASES_S:-90}
 BASELINE_LIMIT=${FASTSARNN_GPU_BASELINE_S:-90}
 SETTINGS_LIMIT=${FASTSARNN_GPU_SETTINGS_S:-60}
 
@@ -171,6 +171,7 @@ read -ra SETTINGS <<< "${FASTSARNN_GPU_SETTINGS:-}"   # split on spaces, never g
 for setting in "${SETTINGS[@]}"; do
     CONFIGS=S,M
     if [[ $setting == *@* ]]; then CONFIGS=${setting#*@}; setting=${setting%%@*}; fi
+    [ -n "$CONFIGS" ] || CONFIGS=S,M      # NAME=V1,V2@ names none: the default
     IFS=, read -ra SETTINGS_CONFIGS <<< "$CONFIGS"
     CONFIG_ARGS=()
     for c in "${SETTINGS_CONFIGS[@]}"; do CONFIG_ARGS+=(--config "$c"); done

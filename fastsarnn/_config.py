@@ -71,11 +71,12 @@ CUDA_ROW_CACHE_WORDS = 32
 CUDA_MATVEC_WORDS = 16
 #: Blocks of the CUDA sequence kernel each SM must be able to hold at once: the second
 #: figure of the kernel's launch bound, so registers per thread are capped at
-#: 65536 / (CUDA_MIN_BLOCKS_PER_SM * CUDA_BLOCK_SIZE). 1 (the default) lets a block of 256
-#: threads use up to 255 and one block runs per SM; 2 caps them at 128 (ptxas, sm_90, then
-#: stores 288 bytes per thread to spill slots at H = 128, 464 at H = 256) in exchange for two
-#: blocks per SM where there are more sequences than SMs (batch 1024); unmeasured on a
-#: GPU. An integer in [1, 8]; compile-time constant of the kernel, read at launch.
+#: min(255, 65536 / (CUDA_MIN_BLOCKS_PER_SM * threads per block)). 1 (the default) lets
+#: a block of 256 threads use up to 255, and one block runs per SM; 2 caps them at 128
+#: (ptxas, sm_90, then stores 288 bytes per thread to spill slots at H = 128, 464 at
+#: H = 256) in exchange for two blocks per SM where there are more sequences than SMs
+#: (batch 1024); unmeasured on a GPU. An integer in [1, 8]; compile-time constant of the
+#: kernel, read at launch.
 CUDA_MIN_BLOCKS_PER_SM = 1
 #: CUDA, few sequences with long histories: split each step's attended positions into this
 #: many parts, one block each, all blocks of a sequence in one cooperative launch (a grid

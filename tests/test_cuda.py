@@ -341,6 +341,8 @@ def test_blocks_per_sm_is_compiled_into_the_kernel(monkeypatch):
     """CUDA_MIN_BLOCKS_PER_SM = 2 builds a kernel of its own, whose launch bound (on a
     GPU; the simulator has none) asks for two blocks per SM; forward and step exact."""
     be = _be()
+    for cache in ("_KERNELS", "_KERNELS_BY_ARGS", "_PLANS"):    # built here, even on a rerun
+        monkeypatch.setattr(be, cache, {})
     built = []
     real = be._build_sequence_kernel
     monkeypatch.setattr(be, "_build_sequence_kernel",
@@ -387,11 +389,16 @@ def test_projection_inside_the_kernel_over_several_steps(monkeypatch, parts):
     """The kernel's own projection of ``W_x x_t + b`` (a step's; the first x_t is read
     with h and c before the first barrier, later ones in the time loop), run here by
     ``forward`` over 5 steps with lengths and a state carried over, on one block and
-    split in 2 parts: every score family against the reference."""
+    split in 2 parts (on the simulator one block takes both parts; on a GPU two blocks
+    do): every score family against the reference."""
     be = _be()
     monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", parts)
     real = be._launch
-    monkeypatch.setattr(be, "_launch", lambda *args: real(*args[:-1], True))
+
+    def launch_inline(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact,
+                      inline, slot=None):
+        real(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, True, slot)
+    monkeypatch.setattr(be, "_launch", launch_inline)
     x = make_x(2, 8, 5)
     lengths = np.array([5, 3])
     for score in ("dot", "general", "kq", "additive"):
@@ -399,6 +406,7 @@ def test_projection_inside_the_kernel_over_several_steps(monkeypatch, parts):
         st = model.init_state(2)
         model.forward(x[:, :3], state=st, backend="cuda")
         out = model.forward(x[:, 3:], lengths=lengths, state=st, backend="cuda")
+        assert be.last_launch()["parts"] == parts
         ref = reference(model, x)
         for b, n in enumerate(lengths):
             assert max_err(out.h[b, :n], ref.h[b, 3:3 + n]) <= tol(model)
@@ -656,6 +664,8 @@ def test_bad_config_is_refused(monkeypatch):
         with pytest.raises(ValueError, match="MATVEC_WORDS"):
             model.forward(make_x(1, 2, 5), state=st, backend="cuda")
     monkeypatch.setattr(_config, "CUDA_MATVEC_WORDS", 16)
+    model.forward(make_x(1, 2, 5), backend="cuda")    # the plan of these settings, kept
+    assert _be()._launch_plan(model._kernel) is _be()._launch_plan(model._kernel)
     for blocks in (0, 9, 2.0, True):
         monkeypatch.setattr(_config, "CUDA_MIN_BLOCKS_PER_SM", blocks)
         with pytest.raises(ValueError, match="MIN_BLOCKS_PER_SM"):

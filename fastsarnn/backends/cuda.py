@@ -307,6 +307,8 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, M
         kern = _KERNELS.get(key)
         if kern is None:
             kern = _KERNELS[key] = _build_sequence_kernel(*key)
+        if len(_KERNELS_BY_ARGS) >= 1024:     # argument spellings of the same kernels
+            _KERNELS_BY_ARGS.clear()
         _KERNELS_BY_ARGS[args] = kern
     return kern
 
@@ -426,20 +428,32 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         v_r = cuda.local.array(QPL, tp)        # ... of v (additive score), 0 past Ha
         inv_sqrt_h = tp(1.0 / math.sqrt(H))
         writer = bx == 0              # the block that writes outputs and the final state
-        # every load that needs no other is issued before the first barrier, so that they
-        # wait together: the lengths, positions, h and c (and a step's x_t) of mapped host
-        # memory cost one round trip over the bus, not one per barrier
+        # The state (and a step's first x_t) in mapped host memory: a thread's first
+        # element of h, c and x_t is loaded into a register (indices clamped, so the loads
+        # need no branch) before any is stored, as a store waits for its load and a warp
+        # issues in order: the three cross the bus together, one round trip per launch.
         L = lengths[b]
         pos0 = positions[b]
-        for j in range(tid, H, NT):
-            buf[o_h + j] = hs[b, j]
-            buf[o_c + j] = cs[b, j]
-        if inline_proj and x.shape[1] > 0:   # the first step's x_t (later ones in the loop)
-            for k in range(tid, D, NT):
-                buf[o_x + k] = x[b, 0, k]
+        h0 = hs[b, U(tid if tid < H else H - 1)]
+        c0 = cs[b, U(tid if tid < H else H - 1)]
+        has_x = inline_proj and x.shape[1] > 0   # later steps' x_t: in the time loop
+        x0 = zero
+        if has_x:
+            x0 = x[b, 0, U(tid if tid < D else D - 1)]
         for k in range(QPL):          # v is the same at every step: loaded once
             a = lane + k * W
             v_r[k] = wts[o_v + a] if (score == 4 and a < kdim) else zero
+        if tid < H:
+            buf[o_h + tid] = h0
+            buf[o_c + tid] = c0
+        if has_x and tid < D:
+            buf[o_x + tid] = x0
+        for j in range(tid + NT, H, NT):      # models wider than the block
+            buf[o_h + j] = hs[b, j]
+            buf[o_c + j] = cs[b, j]
+        if has_x:
+            for k in range(tid + NT, D, NT):
+                buf[o_x + k] = x[b, 0, k]
         cuda.syncthreads()
         KS = NT // H if H < NT else 1            # parts of the k range, update
         chunk = (H + KS - 1) // KS
@@ -1259,7 +1273,7 @@ def _launch_plan(p):
     try:
         settings = _PLAN_SETTINGS(_config)
         key = (p.H, p.Ha, p.D, p.dtype.char, settings, tuple(map(type, settings)),
-               SIMULATOR and _simulator_has_shuffles())
+               SIMULATOR, SIMULATOR and _simulator_has_shuffles())
         got = _PLANS.get(key)
     except TypeError:     # an unhashable setting: the checks below say what is wrong
         key, got = None, None
