@@ -348,14 +348,7 @@ def test_blocks_per_sm_is_compiled_into_the_kernel(monkeypatch):
     monkeypatch.setattr(be, "_build_sequence_kernel",
                         lambda *key: built.append(key) or real(*key))
     monkeypatch.setattr(_config, "CUDA_MIN_BLOCKS_PER_SM", 2)
-    model = make_model(score="general", recurrence="hc", D=5, H=7)
-    x = make_x(2, 5, 5)
-    st = model.init_state(2)
-    out = model.forward(x[:, :4], state=st, backend="cuda")
-    h, c = model.step(x[:, 4], st, backend="cuda")
-    ref = reference(model, x)
-    assert max_err(out.h, ref.h[:, :4]) <= tol(model)
-    assert max_err(h, ref.h[:, 4]) <= tol(model) and max_err(c, ref.c[:, 4]) <= tol(model)
+    _forward_then_step_exact(make_model(score="general", recurrence="hc", D=5, H=7))
     assert built and all(key[-1] == 2 for key in built)
     if not be.SIMULATOR:
         nt = be.last_launch()["threads"]
@@ -372,16 +365,22 @@ def test_matrix_vector_products_in_whole_rounds_and_a_last_partial_one(monkeypat
     monkeypatch.setattr(_config, "CUDA_MATVEC_WORDS", 4)
     assert _be().weights_in_flight(dtype) == loads
     for score, H in (("general", 7), ("kq", 7), ("additive", 6)):
-        model = make_model(score=score, recurrence="hc", dtype=dtype, D=5, H=H, Ha=5)
-        x = make_x(2, 5, 5)
-        st = model.init_state(2)
-        out = model.forward(x[:, :4], state=st, backend="cuda")
-        h, c = model.step(x[:, 4], st, backend="cuda")
-        ref = reference(model, x)
-        assert max_err(out.h, ref.h[:, :4]) <= tol(model)
-        assert max_err(out.c, ref.c[:, :4]) <= tol(model)
-        assert max_err(h, ref.h[:, 4]) <= tol(model)
-        assert max_err(c, ref.c[:, 4]) <= tol(model)
+        _forward_then_step_exact(make_model(score=score, recurrence="hc", dtype=dtype, D=5,
+                                            H=H, Ha=5))
+
+
+def _forward_then_step_exact(model):
+    """Two sequences of a model with D = 5: ``forward`` over 4 steps, then one ``step``;
+    both exact against the reference."""
+    x = make_x(2, 5, 5)
+    st = model.init_state(2)
+    out = model.forward(x[:, :4], state=st, backend="cuda")
+    h, c = model.step(x[:, 4], st, backend="cuda")
+    ref = reference(model, x)
+    assert max_err(out.h, ref.h[:, :4]) <= tol(model)
+    assert max_err(out.c, ref.c[:, :4]) <= tol(model)
+    assert max_err(h, ref.h[:, 4]) <= tol(model)
+    assert max_err(c, ref.c[:, 4]) <= tol(model)
 
 
 @pytest.mark.parametrize("parts", [1, 2])
