@@ -73,7 +73,7 @@ CUDA_MATVEC_WORDS = 16
 #: figure of the kernel's launch bound, so registers per thread are capped at
 #: min(255, 65536 / (CUDA_MIN_BLOCKS_PER_SM * threads per block)). 1 (the default) lets
 #: a block of 256 threads use up to 255, and one block runs per SM; 2 caps them at 128
-#: (ptxas, sm_90, then stores 288 bytes per thread to spill slots at H = 128, 464 at
+#: (ptxas, sm_90, then stores 296 bytes per thread to spill slots at H = 128, 416 at
 #: H = 256) in exchange for two blocks per SM where there are more sequences than SMs
 #: (batch 1024); unmeasured on a GPU. An integer in [1, 8]; compile-time constant of the
 #: kernel, read at launch.
