@@ -58,15 +58,28 @@ def _ptxas_usage(ptxas, ptx, cc):
     return regs, spill
 
 
+def _packed(ptr, params):
+    """The bytes of each kernel parameter in a packed parameter array (``void**``): a
+    ctypes value's size, 1 byte of a bool, 8 of an int (numba-cuda passes both kinds)."""
+    import ctypes
+    slots = ctypes.cast(ptr, ctypes.POINTER(ctypes.c_void_p))
+    return [ctypes.string_at(slots[i], 1 if type(v) is bool else
+                             8 if type(v) is int else ctypes.sizeof(v))
+            for i, v in enumerate(params)]
+
+
 def _check_prepared_launch(be, cc, sizes):
     """A prepared launch (``backends.cuda._prepare``, what ``step`` uses on a GPU after its
-    second token) must hand cuda.core's ``launch`` exactly what numba-cuda's own launch
-    does: the same stream, configuration, kernel and parameters. Both are run here with
-    cuda.core's ``launch``/``LaunchConfig`` recording instead of reaching a driver, on
-    stand-in device arrays (``cuda_launch_cost.py``), for the one-block and the split
-    (cooperative) float32 kernels. Returns the failures."""
+    second token) must launch exactly what numba-cuda's own launch does: the same stream,
+    grid, block, shared memory, kernel and parameters. Both run here with cuda.core's
+    ``launch``/``LaunchConfig`` and the driver's ``cuLaunchKernel`` recording instead of
+    reaching a driver, on stand-in device arrays (``cuda_launch_cost.py``): the split
+    (cooperative) float32 kernel through cuda.core's launch, the one-block kernel straight
+    through ``cuLaunchKernel``, whose packed parameters must equal, byte for byte, what
+    cuda.core packs from numba-cuda's. Returns the failures."""
     import types as pytypes
     import cuda.core
+    from cuda.bindings import driver
     import numba.cuda.dispatcher as dispatcher
     from numba.cuda import codegen
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -79,11 +92,13 @@ def _check_prepared_launch(be, cc, sizes):
         def __init__(self, **fields):
             self.fields = fields
 
-    calls = []
+    calls, direct = [], []
     codegen.devices = pytypes.SimpleNamespace(get_context=lambda *a: Context())
     dispatcher._Kernel.bind = lambda self: None        # linking needs a driver
     dispatcher.launch = cuda.core.launch = lambda *a: calls.append(a)
     dispatcher.LaunchConfig = cuda.core.LaunchConfig = Config
+    driver.cuLaunchKernel = lambda *a: direct.append(a) or (driver.CUresult.CUDA_SUCCESS,)
+    kernel = pytypes.SimpleNamespace(handle=0x1234)    # int(handle): the driver's CUkernel
 
     def value(v):      # ctypes scalars compare by identity
         return (type(v).__name__, v.value) if hasattr(v, "_type_") else v
@@ -96,19 +111,35 @@ def _check_prepared_launch(be, cc, sizes):
                                          split, nt, hpl, qpl)
         sig = be.sequence_signature("float32")
         overload = kern.compile(sig)
-        overload._codelibrary.get_cufunc = lambda: pytypes.SimpleNamespace(kernel="cufunc")
+        overload._codelibrary.get_cufunc = lambda: pytypes.SimpleNamespace(kernel=kernel)
         args = tuple(v for _, v in _stand_ins(sig, {1: (128,), 2: (2, 128), 3: (2, 1, 128),
                                                     4: (2, 2, 2, 130)}))
         calls.clear()
+        direct.clear()
         kern[grid, nt, 0, 1024](*args)                      # numba-cuda's launch
-        be._prepare(kern, grid, nt, 1024, args)()           # the prepared one
-        (s1, c1, k1, *p1), (s2, c2, k2, *p2) = calls
-        same = (s1.handle == s2.handle and c1.fields == c2.fields and k1 == k2
-                and [value(v) for v in p1] == [value(v) for v in p2])
+        launcher = be._prepare(kern, grid, nt, 1024, args)  # the prepared one
+        launcher()
+        (s1, c1, k1, *p1) = calls[0]
+        if split:
+            (s2, c2, k2, *p2), = calls[1:]
+            same = (not direct and s1.handle == s2.handle and c1.fields == c2.fields
+                    and k1 == k2 and [value(v) for v in p1] == [value(v) for v in p2])
+            how = "cuda.core's launch"
+        else:
+            (f, gx, gy, gz, bx, by, bz, shmem, stream, ptr, extra), = direct
+            reference = be._param_holder(p1)          # what cuda.core would pack
+            same = (len(calls) == 1 and f == int(k1.handle)
+                    and (gx, gy, gz) == tuple(c1.fields["grid"])
+                    and (bx, by, bz) == tuple(c1.fields["block"])
+                    and shmem == c1.fields["shmem_size"] and stream == int(s1.handle)
+                    and extra == 0 and not c1.fields.get("is_cooperative", False)
+                    and _packed(ptr, p1) == _packed(reference.ptr, p1))
+            how = "cuLaunchKernel, parameters packed once"
         failures += not same
-        print(f"{'ok  ' if same else 'FAIL'} prepared launch, split={split}: "
+        print(f"{'ok  ' if same else 'FAIL'} prepared launch, split={split} ({how}): "
               f"{len(p1)} parameters, config {c1.fields}"
-              + ("" if same else f"; numba-cuda: {c1.fields} {p1}, prepared: {c2.fields} {p2}"))
+              + ("" if same else f"; numba-cuda: {c1.fields} {p1}, prepared: {calls[1:]} "
+                                 f"{direct}"))
     return failures
 
 

@@ -9,7 +9,9 @@ their device pointer is never dereferenced) for the kernel's real argument list
 (:func:`fastsarnn.backends.cuda.sequence_signature`) and, for comparison, for the list as
 it was before the weights were packed (8 weight arrays instead of 1 buffer and 3 sizes),
 and for a prepared launch (``backends.cuda._run``: a key of the arguments replaces the
-marshalling from a step stream's third token on).
+marshalling from a step stream's third token on; the one-block kernel's then goes to the
+driver's ``cuLaunchKernel`` with the parameters packed once, so without a ParamHolder per
+launch).
 
     python benchmarks/cuda_launch_cost.py [--runs 20000]
 
@@ -110,8 +112,13 @@ def main(argv=None):
         for _ in range(args.runs):
             be._launch_key(be, 2, 256, 0, values)
         best = min(best, (time.perf_counter() - t0) / args.runs * 1e6)
-    print(f"{'now, prepared (step token >= 3)':<34} {n_arrays:>6} {n_params:>6} "
+    print(f"{'now, prepared, through cuda.core':<34} {n_arrays:>6} {n_params:>6} "
           f"{best:>10.1f} {holder_us:>14.1f} {best + holder_us:>8.1f}")
+    # the one-block kernel's prepared launch goes to cuLaunchKernel with the parameters
+    # packed once (backends.cuda._DirectLaunch): no ParamHolder per launch (the driver
+    # binding's own cost, which needs a driver, is not in these figures)
+    print(f"{'now, prepared, direct (one block)':<34} {n_arrays:>6} {n_params:>6} "
+          f"{best:>10.1f} {0.0:>14.1f} {best:>8.1f}")
 
 
 if __name__ == "__main__":

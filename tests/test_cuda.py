@@ -1014,6 +1014,54 @@ def test_a_failure_to_prepare_launches_warns_once_and_steps_go_on(monkeypatch):
     assert max_err(np.stack(hs, 1), reference(model, x).h) <= tol(model)
 
 
+def test_a_direct_launch_packs_once_and_falls_back_to_cuda_core(monkeypatch):
+    """A prepared one-block launch goes straight to the driver's cuLaunchKernel with the
+    parameters packed once (the packing itself, and that it equals cuda.core's, is checked
+    by benchmarks/cuda_compile_check.py). Should the driver return an error or the binding
+    raise, nothing was launched: that launch and every later one, of any prepared launch,
+    go through cuda.core instead, with one warning."""
+    be = _be()
+    pytest.importorskip("cuda.bindings")
+    from cuda.bindings import driver
+    import types
+    packed, driver_calls, core_calls = [], [], []
+    answer = [(driver.CUresult.CUDA_SUCCESS,)]
+
+    def launch_kernel(*args):
+        driver_calls.append(args)
+        if isinstance(answer[0], Exception):
+            raise answer[0]
+        return answer[0]
+
+    monkeypatch.setattr(be, "_DIRECT_ERROR", None)
+    monkeypatch.setattr(be, "_param_holder", lambda params: packed.append(params) or
+                        types.SimpleNamespace(ptr=4096))
+    monkeypatch.setattr(driver, "cuLaunchKernel", launch_kernel)
+    kernel = types.SimpleNamespace(handle=0x1234)
+    stream = types.SimpleNamespace(handle=0)
+
+    def direct():
+        return be._DirectLaunch(kernel, (3, 1, 1), (256, 1, 1), 1024, stream, ["p0", "p1"],
+                                lambda: core_calls.append(1))
+    first = direct()
+    first()
+    first()
+    assert packed == [["p0", "p1"]] and not core_calls
+    assert driver_calls == [(0x1234, 3, 1, 1, 256, 1, 1, 1024, 0, 4096, 0)] * 2
+    answer[0] = (driver.CUresult.CUDA_ERROR_INVALID_HANDLE,)
+    with pytest.warns(RuntimeWarning, match="INVALID_HANDLE") as rec:
+        first()
+        first()
+        direct()()
+    assert len(rec) == 1 and "INVALID_HANDLE" in be._DIRECT_ERROR
+    assert len(driver_calls) == 3 and core_calls == [1, 1, 1]
+    monkeypatch.setattr(be, "_DIRECT_ERROR", None)     # a binding that raises
+    answer[0] = TypeError("f: expected CUfunction")
+    with pytest.warns(RuntimeWarning, match="CUfunction"):
+        direct()()
+    assert len(driver_calls) == 4 and core_calls == [1, 1, 1, 1]
+
+
 # -- availability and the NumPy 2.5 compatibility step ------------------------------------------
 def test_availability_needs_a_kernel_that_ran(monkeypatch):
     be = _be()

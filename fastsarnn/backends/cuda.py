@@ -885,8 +885,65 @@ def _prepare(kern, grid, block, shared, args):
     griddim, blockdim = normalize(grid, block)
     config = LaunchConfig(grid=griddim, block=blockdim, shmem_size=shared,
                           **{coop: overload.cooperative})
-    return functools.partial(launch, stream, config,
-                             overload._codelibrary.get_cufunc().kernel, *params)
+    kernel = overload._codelibrary.get_cufunc().kernel
+    through_core = functools.partial(launch, stream, config, kernel, *params)
+    if overload.cooperative or _DIRECT_ERROR is not None:
+        return through_core
+    return _DirectLaunch(kernel, griddim, blockdim, shared, stream, params, through_core)
+
+
+#: Why prepared launches go through cuda.core's ``launch`` for this process, once a direct
+#: driver launch failed (:class:`_DirectLaunch`).
+_DIRECT_ERROR = None
+
+
+def _param_holder(params):
+    """cuda.core's packing of kernel parameters (what its ``launch`` makes per call)."""
+    try:
+        from cuda.core._kernel_arg_handler import ParamHolder
+    except ImportError:      # cuda.core before 0.4
+        from cuda.core.experimental._kernel_arg_handler import ParamHolder
+    return ParamHolder(params)
+
+
+class _DirectLaunch:
+    """A prepared launch of a one-block-per-sequence kernel straight through the driver's
+    ``cuLaunchKernel``, with the kernel parameters packed once.
+
+    cuda.core's ``launch`` packs the parameters anew at every call (its ``ParamHolder``:
+    about 9 us for the sequence kernel's 137, paid per token by ``step``); the driver copies
+    them at each launch, so one packing serves every launch with the same arguments. The
+    same stream, kernel, grid, block and shared memory as cuda.core's launch; the packed
+    parameters and the objects they were packed from are held here. Should a direct launch
+    fail (an error code or an exception from the binding: nothing was launched), this
+    launch and every later one, here and in the rest of the process, go through cuda.core
+    (``through_core``), with one warning.
+    """
+
+    def __init__(self, kernel, griddim, blockdim, shared, stream, params, through_core):
+        from cuda.bindings import driver
+        self._launch_kernel = driver.cuLaunchKernel
+        self._success = driver.CUresult.CUDA_SUCCESS
+        self.params = params
+        self.holder = _param_holder(params)
+        self.call = (int(kernel.handle), *griddim, *blockdim, int(shared),
+                     int(stream.handle), int(self.holder.ptr), 0)
+        self.through_core = through_core
+
+    def __call__(self):
+        global _DIRECT_ERROR
+        if _DIRECT_ERROR is None:
+            try:
+                err, = self._launch_kernel(*self.call)
+                if err == self._success:
+                    return
+                why = f"cuLaunchKernel returned {err!r}"
+            except Exception as exc:     # the binding not as expected: nothing launched
+                why = f"{type(exc).__name__}: {exc}"
+            _DIRECT_ERROR = why
+            warnings.warn(f"fastsarnn cuda backend: a direct kernel launch failed ({why}); "
+                          f"launches go through cuda.core", RuntimeWarning, stacklevel=4)
+        self.through_core()
 
 
 def _launch_key(kern, grid, block, shared, args):
