@@ -76,7 +76,8 @@ def _check_prepared_launch(be, cc, sizes):
     reaching a driver, on stand-in device arrays (``cuda_launch_cost.py``): the split
     (cooperative) float32 kernel through cuda.core's launch, the one-block kernel straight
     through ``cuLaunchKernel``, whose packed parameters must equal, byte for byte, what
-    cuda.core packs from numba-cuda's. Returns the failures."""
+    cuda.core packs from numba-cuda's, and, once a direct launch failed in the process,
+    through cuda.core's launch. Returns the failures."""
     import types as pytypes
     import cuda.core
     from cuda.bindings import driver
@@ -128,12 +129,19 @@ def _check_prepared_launch(be, cc, sizes):
         else:
             (f, gx, gy, gz, bx, by, bz, shmem, stream, ptr, extra), = direct
             reference = be._param_holder(p1)          # what cuda.core would pack
-            same = (len(calls) == 1 and f == int(k1.handle)
+            same = (len(calls) == 1 and int(f) == int(k1.handle)
                     and (gx, gy, gz) == tuple(c1.fields["grid"])
                     and (bx, by, bz) == tuple(c1.fields["block"])
-                    and shmem == c1.fields["shmem_size"] and stream == int(s1.handle)
+                    and shmem == c1.fields["shmem_size"] and int(stream) == int(s1.handle)
                     and extra == 0 and not c1.fields.get("is_cooperative", False)
+                    and len(launcher.params) == len(p1)     # before reading that many
                     and _packed(ptr, p1) == _packed(reference.ptr, p1))
+            # once a direct launch failed in the process, prepared launches use cuda.core
+            be._DIRECT_ERROR = "a direct launch failed (simulated)"
+            calls.clear()
+            be._prepare(kern, grid, nt, 1024, args)()
+            be._DIRECT_ERROR = None
+            same = same and len(calls) == 1 and len(direct) == 1
             how = "cuLaunchKernel, parameters packed once"
         failures += not same
         print(f"{'ok  ' if same else 'FAIL'} prepared launch, split={split} ({how}): "

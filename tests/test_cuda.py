@@ -1018,8 +1018,9 @@ def test_a_direct_launch_packs_once_and_falls_back_to_cuda_core(monkeypatch):
     """A prepared one-block launch goes straight to the driver's cuLaunchKernel with the
     parameters packed once (the packing itself, and that it equals cuda.core's, is checked
     by benchmarks/cuda_compile_check.py). Should the driver return an error or the binding
-    raise, nothing was launched: that launch and every later one, of any prepared launch,
-    go through cuda.core instead, with one warning."""
+    raise, nothing was launched: the launch goes through cuda.core, and once that works,
+    every later one of any prepared launch does too, with one warning; where cuda.core's
+    launch fails as well, its error is raised and the direct path stays."""
     be = _be()
     pytest.importorskip("cuda.bindings")
     from cuda.bindings import driver
@@ -1028,10 +1029,15 @@ def test_a_direct_launch_packs_once_and_falls_back_to_cuda_core(monkeypatch):
     answer = [(driver.CUresult.CUDA_SUCCESS,)]
 
     def launch_kernel(*args):
-        driver_calls.append(args)
+        driver_calls.append(tuple(int(a) for a in args))
         if isinstance(answer[0], Exception):
             raise answer[0]
         return answer[0]
+
+    def through_core():
+        core_calls.append(1)
+        if core_fails:
+            raise RuntimeError("CUDA_ERROR_ILLEGAL_ADDRESS")
 
     monkeypatch.setattr(be, "_DIRECT_ERROR", None)
     monkeypatch.setattr(be, "_param_holder", lambda params: packed.append(params) or
@@ -1042,24 +1048,42 @@ def test_a_direct_launch_packs_once_and_falls_back_to_cuda_core(monkeypatch):
 
     def direct():
         return be._DirectLaunch(kernel, (3, 1, 1), (256, 1, 1), 1024, stream, ["p0", "p1"],
-                                lambda: core_calls.append(1))
+                                through_core)
+    core_fails = False
     first = direct()
     first()
     first()
     assert packed == [["p0", "p1"]] and not core_calls
     assert driver_calls == [(0x1234, 3, 1, 1, 256, 1, 1, 1024, 0, 4096, 0)] * 2
+    # an error cuda.core's launch meets too: raised, the direct path stays on
+    answer[0] = (driver.CUresult.CUDA_ERROR_ILLEGAL_ADDRESS,)
+    core_fails = True
+    with pytest.raises(RuntimeError, match="ILLEGAL_ADDRESS"):
+        first()
+    assert be._DIRECT_ERROR is None and len(driver_calls) == 3 and core_calls == [1]
+    # an error of the direct path alone: cuda.core launches, for good, one warning
     answer[0] = (driver.CUresult.CUDA_ERROR_INVALID_HANDLE,)
+    core_fails = False
     with pytest.warns(RuntimeWarning, match="INVALID_HANDLE") as rec:
         first()
         first()
         direct()()
     assert len(rec) == 1 and "INVALID_HANDLE" in be._DIRECT_ERROR
-    assert len(driver_calls) == 3 and core_calls == [1, 1, 1]
+    assert len(driver_calls) == 4 and core_calls == [1] * 4
     monkeypatch.setattr(be, "_DIRECT_ERROR", None)     # a binding that raises
     answer[0] = TypeError("f: expected CUfunction")
     with pytest.warns(RuntimeWarning, match="CUfunction"):
         direct()()
-    assert len(driver_calls) == 4 and core_calls == [1, 1, 1, 1]
+    assert len(driver_calls) == 5 and core_calls == [1] * 5
+    # a kernel object without the handle expected: no direct launch is made, cuda.core's
+    # prepared one serves
+    monkeypatch.setattr(be, "_DIRECT_ERROR", None)
+    with pytest.warns(RuntimeWarning, match="handle"):
+        got = be._direct_or_core(object(), (3, 1, 1), (256, 1, 1), 1024, stream, [],
+                                 through_core)
+    assert got is through_core and "handle" in be._DIRECT_ERROR
+    assert be._direct_or_core(kernel, (3, 1, 1), (256, 1, 1), 1024, stream, [],
+                              through_core) is through_core      # for good
 
 
 # -- availability and the NumPy 2.5 compatibility step ------------------------------------------

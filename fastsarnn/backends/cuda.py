@@ -887,14 +887,35 @@ def _prepare(kern, grid, block, shared, args):
                           **{coop: overload.cooperative})
     kernel = overload._codelibrary.get_cufunc().kernel
     through_core = functools.partial(launch, stream, config, kernel, *params)
-    if overload.cooperative or _DIRECT_ERROR is not None:
+    if overload.cooperative:
         return through_core
-    return _DirectLaunch(kernel, griddim, blockdim, shared, stream, params, through_core)
+    return _direct_or_core(kernel, griddim, blockdim, shared, stream, params, through_core)
 
 
 #: Why prepared launches go through cuda.core's ``launch`` for this process, once a direct
-#: driver launch failed (:class:`_DirectLaunch`).
+#: driver launch failed or could not be made (:class:`_DirectLaunch`).
 _DIRECT_ERROR = None
+
+
+def _direct_failed(why):
+    """Remember (and say once) that direct launches do not work here."""
+    global _DIRECT_ERROR
+    _DIRECT_ERROR = why
+    warnings.warn(f"fastsarnn cuda backend: direct kernel launches do not work here "
+                  f"({why}); prepared launches go through cuda.core's launch",
+                  RuntimeWarning, stacklevel=5)
+
+
+def _direct_or_core(kernel, griddim, blockdim, shared, stream, params, through_core):
+    """A :class:`_DirectLaunch`, or ``through_core`` where one cannot be made here (the
+    driver binding or cuda.core's kernel not as expected), saying why once."""
+    if _DIRECT_ERROR is None:
+        try:
+            return _DirectLaunch(kernel, griddim, blockdim, shared, stream, params,
+                                 through_core)
+        except Exception as exc:
+            _direct_failed(f"{type(exc).__name__}: {exc}")
+    return through_core
 
 
 def _param_holder(params):
@@ -915,9 +936,11 @@ class _DirectLaunch:
     them at each launch, so one packing serves every launch with the same arguments. The
     same stream, kernel, grid, block and shared memory as cuda.core's launch; the packed
     parameters and the objects they were packed from are held here. Should a direct launch
-    fail (an error code or an exception from the binding: nothing was launched), this
-    launch and every later one, here and in the rest of the process, go through cuda.core
-    (``through_core``), with one warning.
+    fail (an error code or an exception from the binding: nothing was launched), the launch
+    goes through cuda.core (``through_core``); if that succeeds, the direct path is what
+    failed, and every later launch in the process goes through cuda.core too, with one
+    warning; if it fails as well (an error of the context, not of the path), its error is
+    raised and the direct path stays.
     """
 
     def __init__(self, kernel, griddim, blockdim, shared, stream, params, through_core):
@@ -926,24 +949,24 @@ class _DirectLaunch:
         self._success = driver.CUresult.CUDA_SUCCESS
         self.params = params
         self.holder = _param_holder(params)
-        self.call = (int(kernel.handle), *griddim, *blockdim, int(shared),
-                     int(stream.handle), int(self.holder.ptr), 0)
+        # the binding's own handle types, made once (it would make them from ints per call)
+        self.call = (driver.CUfunction(int(kernel.handle)), *griddim, *blockdim, int(shared),
+                     driver.CUstream(int(stream.handle)), int(self.holder.ptr), 0)
         self.through_core = through_core
 
     def __call__(self):
-        global _DIRECT_ERROR
-        if _DIRECT_ERROR is None:
-            try:
-                err, = self._launch_kernel(*self.call)
-                if err == self._success:
-                    return
-                why = f"cuLaunchKernel returned {err!r}"
-            except Exception as exc:     # the binding not as expected: nothing launched
-                why = f"{type(exc).__name__}: {exc}"
-            _DIRECT_ERROR = why
-            warnings.warn(f"fastsarnn cuda backend: a direct kernel launch failed ({why}); "
-                          f"launches go through cuda.core", RuntimeWarning, stacklevel=4)
-        self.through_core()
+        if _DIRECT_ERROR is not None:
+            self.through_core()
+            return
+        try:
+            err, = self._launch_kernel(*self.call)
+            if err == self._success:
+                return
+            why = f"cuLaunchKernel returned {err!r}"
+        except Exception as exc:     # the binding not as expected: nothing launched
+            why = f"{type(exc).__name__}: {exc}"
+        self.through_core()          # raises where the launch cannot be made at all
+        _direct_failed(why)
 
 
 def _launch_key(kern, grid, block, shared, args):
