@@ -169,9 +169,9 @@ stopped "$PHASES_RC" && echo "(the variants ran past ${PHASES_LIMIT}s and were s
 SETTINGS_RC=0
 read -ra SETTINGS <<< "${FASTSARNN_GPU_SETTINGS:-}"   # split on spaces, never globbed
 for setting in "${SETTINGS[@]}"; do
-    CONFIGS=S,M
-    if [[ $setting == *@* ]]; then CONFIGS=${setting#*@}; setting=${setting%%@*}; fi
-    [ -n "$CONFIGS" ] || CONFIGS=S,M      # NAME=V1,V2@ names none: the default
+    CONFIGS=S,M                           # unless configurations follow an @
+    [[ $setting == *@?* ]] && CONFIGS=${setting#*@}
+    setting=${setting%%@*}
     IFS=, read -ra SETTINGS_CONFIGS <<< "$CONFIGS"
     CONFIG_ARGS=()
     for c in "${SETTINGS_CONFIGS[@]}"; do CONFIG_ARGS+=(--config "$c"); done
