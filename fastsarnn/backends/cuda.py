@@ -434,8 +434,9 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         # issues in order: the three cross the bus together, one round trip per launch.
         L = lengths[b]
         pos0 = positions[b]
-        h0 = hs[b, U(tid if tid < H else H - 1)]
-        c0 = cs[b, U(tid if tid < H else H - 1)]
+        j0 = U(tid if tid < H else H - 1)
+        h0 = hs[b, j0]
+        c0 = cs[b, j0]
         has_x = inline_proj and x.shape[1] > 0   # later steps' x_t: in the time loop
         x0 = zero
         if has_x:
