@@ -167,8 +167,13 @@ def resolve(backend: str | None = None):
     """The backend module for this call; raises if an explicit choice cannot run.
 
     The per-token path calls this once per step: :func:`_pick` chooses the name, then the
-    loaded module is looked up (a dict hit after the first call).
+    loaded module is looked up (a dict hit after the first call). A name given here whose
+    module is loaded and can run is returned at once (only checked names are loaded).
     """
+    if type(backend) is str:
+        mod = _loaded.get(backend)
+        if mod is not None and type(mod) is not _UnavailableBackend:
+            return mod
     mod = _load(_pick(backend))
     if type(mod) is _UnavailableBackend:
         mod._raise()

@@ -993,6 +993,79 @@ def test_a_prepared_step_launch_is_not_used_in_another_context(monkeypatch):
     assert len(made) == 2 and [f.used for f in prepare.launchers] == [2, 2]
 
 
+@pytest.mark.parametrize("score", ["dot", "kq"])     # without keys, with keys
+def test_a_step_repeats_the_last_launch_only_while_nothing_it_was_made_from_changed(
+        monkeypatch, score):
+    """A step token whose launch would be made from the same objects as the previous
+    token's repeats that launch (_launch_again) without going through _launch; anything
+    that changes them sends the token through _launch: another setting, a grown history,
+    a replaced ``state.h``, a failed call, a split of the positions over several blocks
+    (its plan made at every token). In-place writes to the state, a CPU backend's
+    step in between and inactive rows are honoured on the repeated launch. Every token is
+    compared with a twin state stepped by the NumPy reference under the same writes."""
+    be = _be()
+    full = []
+    launch = be._launch
+
+    def counting(*args, **kwargs):
+        if kwargs.get("slot") is not None:      # a step's (a forward has none)
+            full.append(t)
+        return launch(*args, **kwargs)
+
+    monkeypatch.setattr(be, "_launch", counting)
+    model = make_model(score=score, recurrence="hc", window=None, D=5, H=6,
+                       Ha=3 if score == "kq" else None)
+    x = make_x(2, 17, 5)
+    st, twin = model.init_state(2, capacity=6), model.init_state(2, capacity=6)
+    auto_parts = be._auto_parts
+    for t in range(17):
+        active = None
+        if t == 3:      # a CPU backend's step on the device state: it reaches the host
+            for s in (st, twin):
+                model.step(x[:, t], s, backend="numpy")
+            continue
+        if t == 5:
+            monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", 2)
+        if t == 7:      # another launch in between, of 8 threads a block
+            monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", 8)
+            model.forward(x[:1, :2], backend="cuda")
+            monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", 4)
+        if t == 8:      # replaced: the kernel must read and write the new arrays
+            for s in (st, twin):
+                s.h = s.h * 0.5
+        if t == 9:      # written in place
+            for s in (st, twin):
+                s.c[...] *= 0.5
+        if t == 10:
+            active = np.array([True, False])
+        if t == 11:     # the history written on the host: uploaded before the launch
+            for s in (st, twin):
+                s.hist[:, 1] += 0.25
+        if t == 12:     # a failed call changes nothing and keeps nothing
+            monkeypatch.setattr(_config, "CUDA_MATVEC_WORDS", 0)
+            with pytest.raises(ValueError, match="MATVEC_WORDS"):
+                model.step(x[:, t], st, backend="cuda")
+            assert st.positions.tolist() == twin.positions.tolist()
+            monkeypatch.setattr(_config, "CUDA_MATVEC_WORDS", 16)
+        if t == 13:     # "auto" asks for 2 parts (on a GPU: positions past 2048)
+            monkeypatch.setattr(be, "_auto_parts", lambda *args: 2)
+        if t == 15:
+            monkeypatch.setattr(be, "_auto_parts", auto_parts)
+        got = model.step(x[:, t], st, active=active, backend="cuda")
+        want = model.step(x[:, t], twin, active=active, backend="numpy")
+        for g, w_ in zip(got, want):
+            assert max_err(g, w_) <= tol(model), t
+        assert st.positions.tolist() == twin.positions.tolist()
+        assert be.last_launch() == {"parts": 2 if t in (13, 14) else 1, "threads": 4,
+                                    "blocks_per_sequence": 1, "global_scratch": False}, t
+    n = twin.t
+    assert max_err(st.hist[:, :n], twin.hist[:, :n]) <= tol(model)
+    # 0: the first; 5: another setting; 6: the history grows (capacity 6 -> 12); 8: h
+    # replaced; 12: the failed call (the history grows to 24 in it) and the token after
+    # it; 13, 14: split in two parts, 15: one block again
+    assert full == [0, 5, 6, 8, 12, 12, 13, 14, 15]
+
+
 def test_a_failure_to_prepare_launches_warns_once_and_steps_go_on(monkeypatch):
     be = _be()
     tries = []

@@ -119,23 +119,27 @@ def test_chunked_streaming_equals_whole_forward(backend, score, window, dtype):
         assert max_err(st.h, ref.h_last) <= t_ and max_err(st.c, ref.c_last) <= t_
 
 
-def test_step_with_active_rows(backend):
+@pytest.mark.parametrize("active_pattern", [
+    [[1, 1, 1], [1, 0, 1], [0, 0, 1], [1, 1, 0], [1, 0, 1], [1, 1, 1]],
+    [[1], [0], [1], [1], [0], [1]],        # a stream of one
+], ids=["three-streams", "one-stream"])
+def test_step_with_active_rows(backend, active_pattern):
+    B = len(active_pattern[0])
     model = make_model(score="general", D=D, H=H)
-    x = make_x(3, 6, D)
-    st = model.init_state(3, capacity=1)
-    active_pattern = [[1, 1, 1], [1, 0, 1], [0, 0, 1], [1, 1, 0], [1, 0, 1], [1, 1, 1]]
-    streams = [[], [], []]
+    x = make_x(B, 6, D)
+    st = model.init_state(B, capacity=1)
+    streams = [[] for _ in range(B)]
     for t, act in enumerate(active_pattern):
         act = np.array(act, dtype=bool)
         h_t, c_t = model.step(x[:, t], st, active=act, backend=backend)
-        for b in range(3):
+        for b in range(B):
             if act[b]:
                 streams[b].append(h_t[b])
             else:
                 assert np.all(h_t[b] == 0) and np.all(c_t[b] == 0)
-    assert st.positions.tolist() == [sum(r[b] for r in active_pattern) for b in range(3)]
+    assert st.positions.tolist() == [sum(r[b] for r in active_pattern) for b in range(B)]
     # each stream equals the reference run over exactly the inputs it consumed
-    for b in range(3):
+    for b in range(B):
         consumed = x[b, [t for t, r in enumerate(active_pattern) if r[b]]]
         ref = reference(model, consumed)
         assert max_err(np.array(streams[b]), ref.h) <= tol(model)

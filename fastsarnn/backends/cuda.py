@@ -126,8 +126,14 @@ def use_shuffles():
 def _simulator_has_shuffles():
     """Whether the simulator's ``cuda`` module has ``shfl_xor_sync`` (numba-cuda's has
     none; the tests give it one, tests/_cuda_shuffles.py, to run the GPU path)."""
-    from numba.cuda.simulator import kernelapi
-    return hasattr(kernelapi.FakeCUDAModule, "shfl_xor_sync")
+    global _FAKE_CUDA_MODULE
+    if _FAKE_CUDA_MODULE is None:    # imported once: a step's launch plan asks per token
+        from numba.cuda.simulator import kernelapi
+        _FAKE_CUDA_MODULE = kernelapi.FakeCUDAModule
+    return hasattr(_FAKE_CUDA_MODULE, "shfl_xor_sync")
+
+
+_FAKE_CUDA_MODULE = None
 
 
 def _make_warp_allsum(shuffles, G):
@@ -991,7 +997,8 @@ def _run(kern, grid, block, shared, args, slot=None, ctx=None):
     the same device pointer; arguments that change at every call are never prepared. On
     the simulator, and for good once preparing failed (saying why once), every launch goes
     through numba-cuda. ``ctx``: the calling thread's current CUDA context, where the
-    caller has looked it up already.
+    caller has looked it up already. Returns the prepared launcher this launch went
+    through, or None.
     """
     global _PREPARED_ERROR
     if slot is None or not _PREPARE_LAUNCHES or _PREPARED_ERROR is not None:
@@ -1003,7 +1010,7 @@ def _run(kern, grid, block, shared, args, slot=None, ctx=None):
     got = slot.get("prepared")            # (key, arguments held, launcher, tried)
     if got is not None and got[0] == key and got[2] is not None:
         got[2]()
-        return
+        return got[2]
     _configured(kern, grid, block, shared)(*args)     # compiles on first use
     if got is None or got[0] != key:      # new arguments: prepare if they come again
         slot["prepared"] = (key, (kern, args, ctx), None, False)
@@ -1288,6 +1295,19 @@ def _split_failed(exc):
                   f"block", RuntimeWarning, stacklevel=3)
 
 
+def _auto_parts(B, n_last, step, device=None):
+    """The parts ``CUDA_SPLIT_PARTS="auto"`` asks for, before the cooperative limit (below
+    2: one block per sequence); see :func:`_split_plan`."""
+    if SIMULATOR or _SPLIT_ERROR is not None:
+        return 1
+    dev = device if device is not None else cuda.get_current_device()
+    if not getattr(dev, "COOPERATIVE_LAUNCH", 1):
+        return 1
+    min_pos = max(1, int(_config.CUDA_SPLIT_STEP_MIN_POSITIONS if step
+                         else _config.CUDA_SPLIT_MIN_POSITIONS))
+    return min(n_last // min_pos, dev.MULTIPROCESSOR_COUNT // B)
+
+
 def _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes, step=False, device=None):
     """``(P, blocks per sequence)``: the parts a sequence's attended positions are split
     into and the blocks that share them (each takes parts ``bx, bx + nbx, ...``).
@@ -1305,17 +1325,7 @@ def _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes, step=False, d
     (the arguments are made only when the kernel's cooperative limit is not known yet).
     """
     choice = split_parts()
-    if choice == "auto":
-        if SIMULATOR or _SPLIT_ERROR is not None:
-            return 1, 1
-        dev = device if device is not None else cuda.get_current_device()
-        if not getattr(dev, "COOPERATIVE_LAUNCH", 1):
-            return 1, 1
-        min_pos = max(1, int(_config.CUDA_SPLIT_STEP_MIN_POSITIONS if step
-                             else _config.CUDA_SPLIT_MIN_POSITIONS))
-        P = min(n_last // min_pos, dev.MULTIPROCESSOR_COUNT // B)
-    else:
-        P = choice
+    P = _auto_parts(B, n_last, step, device) if choice == "auto" else choice
     if P < 2:
         return 1, 1
     if SIMULATOR:
@@ -1341,20 +1351,28 @@ _PLAN_SETTINGS = operator.attrgetter(
 _PLANS = {}
 
 
-def _launch_plan(p):
+def _plan_key(p):
+    """What a launch plan of ``p`` is derived from: its sizes and dtype, each setting of
+    ``_PLAN_SETTINGS`` with its type (``True`` is not ``1``), and the simulator's flavour."""
+    settings = _PLAN_SETTINGS(_config)
+    return (p.H, p.Ha, p.D, p.dtype.char, settings, tuple(map(type, settings)),
+            SIMULATOR, SIMULATOR and _simulator_has_shuffles())
+
+
+def _launch_plan(p, key=None):
     """``(shuffles, G, MV, MB, nt, nscratch, global_scratch)`` of a model under the current
     settings, checked (:func:`use_shuffles`, :func:`rows_per_warp`,
     :func:`weights_in_flight`, :func:`blocks_per_sm`, :func:`split_parts`,
     :func:`block_geometry`).
 
     Made once per model sizes and settings, then a dictionary look-up: ``step`` pays it per
-    token. The key holds each setting with its type (``True`` is not ``1``), so a setting
-    changed to a bad value is checked again; an unhashable one is never cached.
+    token. The key (``key``: :func:`_plan_key`, where the caller made it) holds each
+    setting with its type, so a setting changed to a bad value is checked again; an
+    unhashable one is never cached.
     """
+    if key is None:
+        key = _plan_key(p)
     try:
-        settings = _PLAN_SETTINGS(_config)
-        key = (p.H, p.Ha, p.D, p.dtype.char, settings, tuple(map(type, settings)),
-               SIMULATOR, SIMULATOR and _simulator_has_shuffles())
         got = _PLANS.get(key)
     except TypeError:     # an unhashable setting: the checks below say what is wrong
         key, got = None, None
@@ -1375,10 +1393,14 @@ def _launch_plan(p):
 def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, inline,
             slot=None):
     """Checks, then the projection (unless ``inline``) and the sequence kernel (launched
-    through :func:`_run` with ``slot``)."""
+    through :func:`_run` with ``slot``). A step's ``slot`` also keeps what
+    :func:`_launch_again` needs to repeat a one-block launch."""
+    if slot is not None:
+        slot.pop("again", None)
     B, T, D = d_x.shape
     H = p.H
-    shuffles, G, MV, MB, nt, nscratch, global_scratch = _launch_plan(p)
+    plan_key = _plan_key(p)
+    shuffles, G, MV, MB, nt, nscratch, global_scratch = _launch_plan(p, plan_key)
     # the sizes every index of the kernels relies on
     if (d_out_h.shape != (B, T, H) or d_out_c.shape != (B, T, H) or D != p.D
             or d_len.shape != (B,) or state.batch_size != B):
@@ -1403,9 +1425,9 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
                                                             " or more columns"))
     else:
         d_attn = w["none"]
-    hist, keys, (h_arg, c_arg, pos_arg) = _device_state(state, w, p.dtype)
-    if keys is None:
-        keys = w["none"]
+    hist, dev_keys, small = _device_state(state, w, p.dtype)
+    h_arg, c_arg, pos_arg = small
+    keys = w["none"] if dev_keys is None else dev_keys
     shared_bytes = 0 if global_scratch else nscratch * np.dtype(p.dtype).itemsize
     n_last = last + T if B else 0   # positions attended at the last step
     if p.window is not None:
@@ -1445,14 +1467,21 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
             _split_failed(exc)
             P, nbx = 1, 1
             kern, args = kernel_for(P), args_for(P, nbx)
+    launcher = None
     if P == 1:
-        _run(kern, B, nt, shared_bytes, args, slot, ctx)
+        launcher = _run(kern, B, nt, shared_bytes, args, slot, ctx)
     if ctx is None:
         cuda.synchronize()
     else:
         ctx.synchronize()     # what cuda.synchronize() does, without a second look-up
-    _LAST_LAUNCH.plan = dict(parts=P, blocks_per_sequence=nbx, threads=nt,
-                             global_scratch=global_scratch)
+    plan = _LAST_LAUNCH.plan = dict(parts=P, blocks_per_sequence=nbx, threads=nt,
+                                    global_scratch=global_scratch)
+    if slot is not None and P == 1 and not state._scratch:
+        if launcher is None and not _PREPARE_LAUNCHES:    # the simulator: as _run launches
+            launcher = functools.partial(_launch_unprepared, kern, B, nt, shared_bytes, args)
+        if launcher is not None:    # on a GPU: once the launch is prepared
+            run_ctx = ctx if ctx is not None or not _PREPARE_LAUNCHES else _current_context()
+            slot["again"] = (p, plan_key, run_ctx, hist, small, launcher, plan)
     if state._scratch:
         # The mapped h/c/positions are the model's shared workspace: give the one-call state
         # its own copies while the workspace lock is held, so that a concurrent call on the
@@ -1461,6 +1490,64 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
             state._h.copy(), state._c.copy(), state._positions.copy())
     else:
         state._device_wrote(NAME)
+
+
+def _launch_unprepared(kern, grid, block, shared, args):
+    """``kern[grid, block, 0, shared](*args)`` through numba-cuda, as :func:`_run` launches
+    where launches are not prepared."""
+    _configured(kern, grid, block, shared)(*args)
+
+
+def _launch_again(p, w, state, slot):
+    """Repeat the latest launch :func:`_launch` made for the step ``slot``, where nothing it
+    was made from has changed; ``True`` once it ran (and was waited for), ``False`` where
+    it did nothing and the step takes :func:`_launch`.
+
+    A ``step`` token's arguments are the same objects as its stream's previous token's (its
+    x_t and active flags are copied into the slot's mapped buffers): what may change is
+    checked here, and the rest of :func:`_launch` (the checks of sizes and buffers, the
+    kernel's look-up, its arguments and their identities) is skipped. Checked: the kernel
+    parameters ``p`` (the model picks them by the state's capacity), the settings of the
+    launch plan (:func:`_plan_key`), the calling thread's CUDA context, the state's
+    capacity for the new positions, one block per sequence at the new positions
+    (:func:`_auto_parts`; a split step takes :func:`_launch`), and the state's device
+    buffers, which :func:`_device_state` brings up to date first (the history uploaded if
+    the host wrote it; ``h``, ``c``, ``positions`` moved to new mapped memory if replaced).
+    Only a state of the user's (not a one-call scratch state) has a slot.
+    """
+    again = slot.get("again")
+    if again is None:
+        return False
+    q, plan_key, ctx0, hist0, small0, launcher, plan = again
+    if q is not p or _plan_key(p) != plan_key:
+        return False
+    # the context a prepared launch was made in, looked up as _run does
+    ctx = _current_context() if _PREPARE_LAUNCHES else None
+    if ctx is not ctx0:
+        return False
+    pos = state.positions
+    B = pos.shape[0]
+    n_last = (int(pos[0]) if B == 1 else int(pos.max())) + 1    # positions attended
+    if p.window is not None:
+        n_last = min(n_last, int(p.window))
+    elif n_last > state.capacity:
+        return False
+    parts = split_parts()     # checked when the plan was made: a key of equal settings
+    if parts == "auto":
+        parts = _auto_parts(B, n_last, True, None if SIMULATOR else ctx.device)
+    if parts > 1:
+        return False
+    hist, _, small = _device_state(state, w, p.dtype)    # keys: made with the history
+    if hist is not hist0 or small is not small0:
+        return False
+    launcher()
+    if SIMULATOR:
+        cuda.synchronize()
+    else:
+        ctx.synchronize()
+    _LAST_LAUNCH.plan = plan
+    state._device_wrote(NAME)
+    return True
 
 
 def forward(p, x, lengths, state, out_h, out_c, out_attn, num_threads=None,
@@ -1507,8 +1594,14 @@ def step(p, x, active, state, out_h, out_c, num_threads=None):
                 "c": cuda.device_array((B, 1, p.H), dtype=p.dtype)}
         stage["x"][0][:, 0, :] = x
         stage["len"][0][...] = active
-        _launch(p, w, stage["x"][1], stage["len"][0], stage["len"][1], state, stage["h"],
-                stage["c"], None, False, True, slot=stage)
-    rows = active[:, None]
-    np.copyto(out_h, state.h, where=rows)
-    np.copyto(out_c, state.c, where=rows)
+        if not _launch_again(p, w, state, stage):
+            _launch(p, w, stage["x"][1], stage["len"][0], stage["len"][1], state, stage["h"],
+                    stage["c"], None, False, True, slot=stage)
+    if B == 1:      # a stream of one: a plain copy (the model zeroed an inactive row's)
+        if active[0]:
+            np.copyto(out_h, state.h)
+            np.copyto(out_c, state.c)
+    else:
+        rows = active[:, None]
+        np.copyto(out_h, state.h, where=rows)
+        np.copyto(out_c, state.c, where=rows)
