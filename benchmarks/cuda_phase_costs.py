@@ -3,8 +3,8 @@
 The sequence kernel runs a fixed part per step (the matrix-vector products, ``tanh``, the
 barriers, the warps' merge) and an attention part that grows with the attended positions.
 Their costs follow from runs that differ in one thing, all with the same compiled kernel
-(window, score and recurrence are launch arguments) on one block per sequence
-(``CUDA_SPLIT_PARTS`` is set to ``--parts``, 1 by default: under "auto" the variants
+(window, recurrence and a score without keys are launch arguments) on one block per
+sequence (``CUDA_SPLIT_PARTS`` is set to ``--parts``, 1 by default: under "auto" the variants
 would split differently, a window of 1 never):
 
 - ``window=1``: one attended position per step, so the time per step is the fixed part

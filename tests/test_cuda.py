@@ -4,6 +4,7 @@ with user writes and CPU backends, no device allocation per call, compact attent
 warp reduce helper, the scratch placements, the block sizes, availability and the NumPy 2.5
 compatibility step."""
 
+import inspect
 import os
 import subprocess
 import sys
@@ -327,7 +328,7 @@ def test_rows_capped_by_the_registers_for_them(monkeypatch, dtype, rows):
     # the same arguments now give the kernel with the capped rows (G=8 -> rows)
     capped = be._sequence_kernel(*kernel_args)
     assert capped is not wide
-    assert capped is be._KERNELS[(dtype, False, False, rows, False, 4, 2, 2, 16, 1)]
+    assert capped is be._KERNELS[(dtype, False, False, rows, False, 4, 2, 2, 16, 1, False)]
     for score, window in (("dot", None), ("kq", 3), ("additive", None)):
         model = make_model(score=score, window=window, dtype=dtype, D=5, H=8, Ha=5)
         x = make_x(2, 7, 5)
@@ -349,10 +350,30 @@ def test_blocks_per_sm_is_compiled_into_the_kernel(monkeypatch):
                         lambda *key: built.append(key) or real(*key))
     monkeypatch.setattr(_config, "CUDA_MIN_BLOCKS_PER_SM", 2)
     _forward_then_step_exact(make_model(score="general", recurrence="hc", D=5, H=7))
-    assert built and all(key[-1] == 2 for key in built)
+    assert built and all(inspect.signature(real).bind(*key).arguments["MB"] == 2
+                         for key in built)
     if not be.SIMULATOR:
         nt = be.last_launch()["threads"]
         assert be._KERNELS[built[0]].targetoptions["launch_bounds"] == (nt, 2)
+
+
+def test_each_score_family_runs_its_own_kernel(monkeypatch):
+    """The scores without a key cache (dot, scaled_dot, general) launch the kernel built
+    without the key loads (fewer registers on a GPU), kq and additive the keyed one; a
+    forward and a step of each are exact."""
+    be = _be()
+    launched = []
+    real = be._sequence_kernel
+
+    def recording(*args):
+        launched.append(inspect.signature(real).bind(*args).arguments.get("keyed", False))
+        return real(*args)
+
+    monkeypatch.setattr(be, "_sequence_kernel", recording)
+    for score in ("dot", "scaled_dot", "general", "kq", "additive"):
+        launched.clear()
+        _forward_then_step_exact(make_model(score=score, D=5, H=7, Ha=4))
+        assert launched and set(launched) == {score in ("kq", "additive")}, score
 
 
 @pytest.mark.parametrize("dtype,loads", [("float32", 4), ("float64", 2)])

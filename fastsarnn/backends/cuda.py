@@ -28,6 +28,12 @@ with a shared-memory version on the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, 
 warp intrinsics), chosen once by :data:`fastsarnn._config.CUDA_WARP_SHUFFLES`; the rest of
 the kernel is the same code in both.
 
+Compiled variants (:func:`_sequence_kernel`): the sizes that fix a lane's share of ``h``
+and of the query, the dtype, the flavours above, the launch bound, and the score family:
+the scores with a key cache (``kq``, ``additive``) get a kernel of their own, so that the
+attention loop of the others (``dot``, ``scaled_dot``, ``general``) holds no key loads and
+needs fewer registers.
+
 State on the device: the history and keys stay on the device between calls (the
 :class:`~fastsarnn.state.State` owns the protocol: it uploads when the host copy changed and
 downloads when the host copy is read); ``h``, ``c`` and ``positions`` are moved into mapped
@@ -285,7 +291,8 @@ _KERNEL_LOCK = threading.Lock()
 _DTYPE_NAMES = {"f": "float32", "d": "float64"}
 
 
-def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, MB=1):
+def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, MB=1,
+                     keyed=False):
     """The sequence kernel for a dtype, warp-reduce flavour, scratch placement, G (capped
     by :func:`rows_in_flight`), whether it splits a sequence's positions over several
     blocks (a cooperative kernel), the block
@@ -294,11 +301,13 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, M
     ``ceil(max(H, Ha) / W)`` with ``W = min(nt, 32)``: sizes known when the kernel is
     compiled, so that those per-lane arrays live in registers (models whose sizes give the
     same shares share a kernel), ``MV``, the weight loads in flight per thread
-    (:func:`weights_in_flight`), and ``MB``, the blocks an SM must hold at once
-    (:func:`blocks_per_sm`)."""
+    (:func:`weights_in_flight`), ``MB``, the blocks an SM must hold at once
+    (:func:`blocks_per_sm`), and ``keyed``: the kernel of the scores with a key cache
+    (``kq``, ``additive``), or of those without (``dot``, ``scaled_dot``, ``general``),
+    whose attention loop then has no key loads and needs fewer registers."""
     # by the arguments as given (a launch's look-up, paid per token by step): equal
     # arguments derive the same key below
-    args = (dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, MB,
+    args = (dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, MB, keyed,
             _config.CUDA_ROW_CACHE_WORDS)
     kern = _KERNELS_BY_ARGS.get(args)
     if kern is not None:
@@ -308,7 +317,8 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, M
     HPL = -(-int(H) // W)
     key = (_DTYPE_NAMES[np.dtype(dtype).char], shuffles, global_scratch,
            rows_in_flight(G, HPL, dtype),
-           bool(split), nt, HPL, -(-max(int(H), int(Ha)) // W), int(MV), int(MB))
+           bool(split), nt, HPL, -(-max(int(H), int(Ha)) // W), int(MV), int(MB),
+           bool(keyed))
     with _KERNEL_LOCK:
         kern = _KERNELS.get(key)
         if kern is None:
@@ -320,13 +330,14 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, M
 
 
 def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, HPL, QPL,
-                           MV=None, MB=1):
+                           MV=None, MB=1, keyed=False):
     tp = numba.float32 if dtype_name == "float32" else numba.float64
     MV = weights_in_flight(dtype_name) if MV is None else int(MV)
     warp_allsum = _make_warp_allsum(shuffles, G)
     # compile-time constants: the branches of the other flavour fold away, loops over a
     # lane's dimensions have a fixed count
     SPLIT = bool(split)
+    KEYED = bool(keyed)     # scores with keys (kq, additive): only such models launch it
     W_C = min(int(nt), WARP)
     # the launch bound (not on the simulator, whose jit has no such option): without it the
     # compiler may use more registers per thread than a block of nt threads can have
@@ -408,7 +419,8 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         warp = tid // W
         NW = NT // W
         o_wx, o_wc, o_wh, o_ws, o_wk, o_wq, o_b, o_v = weight_layout(D, H, Ha)
-        keyed = score >= 3
+        keyed = KEYED                       # score >= 3
+        additive = KEYED and score == 4
         kdim = Ha if keyed else H
         PW = NT
         if H > PW:
@@ -449,7 +461,7 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
             x0 = x[b, 0, U(tid if tid < D else D - 1)]
         for k in range(QPL):          # v is the same at every step: loaded once
             a = lane + k * W
-            v_r[k] = wts[o_v + a] if (score == 4 and a < kdim) else zero
+            v_r[k] = wts[o_v + a] if (additive and a < kdim) else zero
         if tid < H:
             buf[o_h + tid] = h0
             buf[o_c + tid] = c0
@@ -589,7 +601,7 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                             # scores: q_r (and v_r) are 0 past kdim, so the clamped terms add 0
                             for g in range(G):
                                 part = zero
-                                if score == 4:
+                                if additive:
                                     krow = keys[b, U(slots[g])]
                                     for k in range(QPL):
                                         a = lane + k * W
@@ -1435,7 +1447,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
 
     def kernel_for(P):
         return _sequence_kernel(p.dtype, shuffles, global_scratch, G, P > 1, H, p.Ha, nt, MV,
-                                MB)
+                                MB, p.score_code >= 3)
 
     def args_for(P, nbx=1):
         parts = (_workspace(w, "parts", (2, B, P, H + 2), p.dtype) if P > 1
