@@ -184,16 +184,19 @@ def main(argv=None):
         I1 = t.Array(t.int64, 1, "C")
         seq_sig = be.sequence_signature(dtype)
         # every flavour as the keyed kernel (kq, additive: the most registers); what a GPU
-        # runs (shuffles, shared scratch) also as the kernel of the scores without keys
+        # runs (shuffles, shared scratch) also as the kernel of the scores without keys,
+        # which loads a round's rows during the round before unless CUDA_PREFETCH_ROWS is
+        # False (as _launch chooses)
         variants = [(*v, True) for v in itertools.product((True, False), (False, True),
                                                           (False, True))]
         variants += [(True, False, split, False) for split in (False, True)]
         for shuffles, global_scratch, split, keyed in variants:
+            prefetch = be.prefetch_rows() and not keyed
             name = (f"sequence {dtype} shuffles={shuffles} global_scratch={global_scratch}"
-                    f" split={split} keyed={keyed}")
+                    f" split={split} keyed={keyed} prefetch={prefetch}")
             rows = be.rows_in_flight(be.rows_per_warp(), args.sizes[1], dtype)   # as launched
             kern = be._build_sequence_kernel(dtype, shuffles, global_scratch, rows, split,
-                                             *args.sizes, keyed=keyed)
+                                             *args.sizes, keyed=keyed, prefetch=prefetch)
             bound = kern.targetoptions.get("launch_bounds")
             if bound != nt:     # the kernel itself must carry it (compile_ptx is told below)
                 failures += 1
@@ -238,16 +241,17 @@ def main(argv=None):
             # CUDA_MIN_BLOCKS_PER_SM = 2: the kernel a GPU runs by default, capped for two
             # blocks per SM (its spills are reported: the setting trades them for occupancy)
             rows = be.rows_in_flight(be.rows_per_warp(), args.sizes[1], dtype)
-            for keyed in (True, False):
+            for keyed in (True, False):     # no prefetched rows at MB > 1 (_launch)
                 kern = be._build_sequence_kernel(dtype, True, False, rows, False, *args.sizes,
-                                                 MB=2, keyed=keyed)
+                                                 MB=2, keyed=keyed, prefetch=False)
                 bound = kern.targetoptions.get("launch_bounds")
                 ptx, _ = cuda.compile_ptx(kern.py_func, seq_sig, cc=cc,
                                           launch_bounds=(nt, 2))
                 nregs, spill = _ptxas_usage(ptxas, ptx, cc)
                 ok = bound == (nt, 2) and nregs * nt * 2 <= 65536
                 failures += not ok
-                print(f"{'ok  ' if ok else 'FAIL'} sequence {dtype} keyed={keyed}, two blocks "
+                print(f"{'ok  ' if ok else 'FAIL'} sequence {dtype} keyed={keyed} "
+                      f"prefetch=False, two blocks "
                       f"per SM: launch bound {bound}, {nregs} registers x {nt} threads x 2 "
                       f"blocks, {spill} bytes spilled")
         small = ((be._project_kernel, (A1, t.int64, t.int64, A3, I1, A3, A3)),

@@ -73,11 +73,22 @@ CUDA_MATVEC_WORDS = 16
 #: figure of the kernel's launch bound, so registers per thread are capped at
 #: min(255, 65536 / (CUDA_MIN_BLOCKS_PER_SM * threads per block)). 1 (the default) lets
 #: a block of 256 threads use up to 255, and one block runs per SM; 2 caps them at 128
-#: (ptxas, sm_90, then stores 296 bytes per thread to spill slots at H = 128, 416 at
-#: H = 256) in exchange for two blocks per SM where there are more sequences than SMs
-#: (batch 1024); unmeasured on a GPU. An integer in [1, 8]; compile-time constant of the
+#: (ptxas, sm_90, float32, bytes of spill stores and loads per thread: the kernel of the
+#: scores without keys 32 at H = 128, 512 at H = 256; the keyed one 540 and 928) in
+#: exchange for two blocks per SM where there are more sequences than SMs (batch 1024);
+#: unmeasured on a GPU. An integer in [1, 8]; compile-time constant of the
 #: kernel, read at launch.
 CUDA_MIN_BLOCKS_PER_SM = 1
+#: Whether a warp of the CUDA sequence kernel loads the history rows of its next round of
+#: the attention before it reduces the current round's scores (software pipelining: the
+#: loads' round trip to the cache overlaps the reduction, the softmax and the weighted
+#: sum, instead of following them), at the cost of a second set of CUDA_ROW_CACHE_WORDS
+#: registers per lane. Only the kernel of the scores without keys (dot, scaled_dot,
+#: general) built for one block per SM does: the keyed one would spill at H = 256
+#: (sm_90), and under CUDA_MIN_BLOCKS_PER_SM > 1 registers are short and the other
+#: blocks hide the latency. Unmeasured on a GPU. True or False; compile-time constant of
+#: the kernel, read at launch.
+CUDA_PREFETCH_ROWS = True
 #: CUDA, few sequences with long histories: split each step's attended positions into this
 #: many parts, one block each, all blocks of a sequence in one cooperative launch (a grid
 #: barrier per step). "auto": on a GPU, as many parts as leave every part at least

@@ -281,12 +281,15 @@ def test_global_scratch_matches_shared(monkeypatch):
     assert max_err(out.attention, ref.attention) <= tol(model)
 
 
+@pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "no-prefetch"])
 @pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("window", [None, 5])
-def test_rows_per_warp(monkeypatch, rows, window):
+def test_rows_per_warp(monkeypatch, rows, window, prefetch):
     """G rows per round: groups of whole positions in consecutive slots, groups cut by the
-    last position, and (with a window, once the ring wraps) groups across the ring's end."""
+    last position, and (with a window, once the ring wraps) groups across the ring's end;
+    each round's rows loaded during the round before (CUDA_PREFETCH_ROWS) or in it."""
     monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", rows)
+    monkeypatch.setattr(_config, "CUDA_PREFETCH_ROWS", prefetch)
     model = make_model(score="dot", window=window, D=5, H=6)
     x = make_x(1, 12, 5)
     out = model.forward(x, return_attention=True, backend="cuda")
@@ -295,14 +298,19 @@ def test_rows_per_warp(monkeypatch, rows, window):
     assert max_err(out.c, ref.c) <= tol(model)
 
 
+@pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "no-prefetch"])
 @pytest.mark.parametrize("block", [4, PRODUCTION_BLOCK])
-def test_wider_models_rounds_past_the_ring_end_and_a_clamped_last_share(monkeypatch, block):
+def test_wider_models_rounds_past_the_ring_end_and_a_clamped_last_share(monkeypatch, block,
+                                                                         prefetch):
     """H = 40, Ha = 37 (several dimensions per lane, the last share clamped, also at the
     production block size), a window of 10 over 25 steps with 3 rows per round (rounds of
     consecutive slots after the ring wrapped, and rounds across its end), float32 with
     the default weight loads in flight (whole and partial rounds of the products at a
-    block of 4): every score family against the reference."""
+    block of 4), rows loaded a round ahead or not (CUDA_PREFETCH_ROWS: the dot kernel's
+    choice; the keyed one loads them in the round): every score family against the
+    reference."""
     monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", block)
+    monkeypatch.setattr(_config, "CUDA_PREFETCH_ROWS", prefetch)
     monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", 3)
     x = make_x(1, 25, 5)
     for score in ("dot", "kq", "additive"):
@@ -328,7 +336,8 @@ def test_rows_capped_by_the_registers_for_them(monkeypatch, dtype, rows):
     # the same arguments now give the kernel with the capped rows (G=8 -> rows)
     capped = be._sequence_kernel(*kernel_args)
     assert capped is not wide
-    assert capped is be._KERNELS[(dtype, False, False, rows, False, 4, 2, 2, 16, 1, False)]
+    assert capped is be._KERNELS[(dtype, False, False, rows, False, 4, 2, 2, 16, 1, False,
+                                  False)]
     for score, window in (("dot", None), ("kq", 3), ("additive", None)):
         model = make_model(score=score, window=window, dtype=dtype, D=5, H=8, Ha=5)
         x = make_x(2, 7, 5)
@@ -340,7 +349,8 @@ def test_rows_capped_by_the_registers_for_them(monkeypatch, dtype, rows):
 
 def test_blocks_per_sm_is_compiled_into_the_kernel(monkeypatch):
     """CUDA_MIN_BLOCKS_PER_SM = 2 builds a kernel of its own, whose launch bound (on a
-    GPU; the simulator has none) asks for two blocks per SM; forward and step exact."""
+    GPU; the simulator has none) asks for two blocks per SM, and which loads a round's
+    rows in the round (CUDA_PREFETCH_ROWS left aside); forward and step exact."""
     be = _be()
     for cache in ("_KERNELS", "_KERNELS_BY_ARGS", "_PLANS"):    # built here, even on a rerun
         monkeypatch.setattr(be, cache, {})
@@ -350,8 +360,9 @@ def test_blocks_per_sm_is_compiled_into_the_kernel(monkeypatch):
                         lambda *key: built.append(key) or real(*key))
     monkeypatch.setattr(_config, "CUDA_MIN_BLOCKS_PER_SM", 2)
     _forward_then_step_exact(make_model(score="general", recurrence="hc", D=5, H=7))
-    assert built and all(inspect.signature(real).bind(*key).arguments["MB"] == 2
-                         for key in built)
+    given = [inspect.signature(real).bind(*key).arguments for key in built]
+    # two blocks per SM: 128 registers a thread, none to spare for prefetched rows
+    assert given and all(a["MB"] == 2 and not a["prefetch"] for a in given)
     if not be.SIMULATOR:
         nt = be.last_launch()["threads"]
         assert be._KERNELS[built[0]].targetoptions["launch_bounds"] == (nt, 2)
@@ -359,21 +370,26 @@ def test_blocks_per_sm_is_compiled_into_the_kernel(monkeypatch):
 
 def test_each_score_family_runs_its_own_kernel(monkeypatch):
     """The scores without a key cache (dot, scaled_dot, general) launch the kernel built
-    without the key loads (fewer registers on a GPU), kq and additive the keyed one; a
-    forward and a step of each are exact."""
+    without the key loads (fewer registers on a GPU), which loads a round's history rows
+    during the round before (CUDA_PREFETCH_ROWS, unless it is False), kq and additive the
+    keyed one, which loads them in the round; a forward and a step of each are exact."""
     be = _be()
     launched = []
     real = be._sequence_kernel
 
     def recording(*args):
-        launched.append(inspect.signature(real).bind(*args).arguments.get("keyed", False))
+        given = inspect.signature(real).bind(*args).arguments
+        launched.append((given.get("keyed", False), given.get("prefetch", False)))
         return real(*args)
 
     monkeypatch.setattr(be, "_sequence_kernel", recording)
-    for score in ("dot", "scaled_dot", "general", "kq", "additive"):
-        launched.clear()
-        _forward_then_step_exact(make_model(score=score, D=5, H=7, Ha=4))
-        assert launched and set(launched) == {score in ("kq", "additive")}, score
+    for prefetch in (True, False):
+        monkeypatch.setattr(_config, "CUDA_PREFETCH_ROWS", prefetch)
+        for score in ("dot", "scaled_dot", "general", "kq", "additive"):
+            launched.clear()
+            _forward_then_step_exact(make_model(score=score, D=5, H=7, Ha=4))
+            keyed = score in ("kq", "additive")
+            assert launched and set(launched) == {(keyed, prefetch and not keyed)}, score
 
 
 @pytest.mark.parametrize("dtype,loads", [("float32", 4), ("float64", 2)])
@@ -691,6 +707,11 @@ def test_bad_config_is_refused(monkeypatch):
         with pytest.raises(ValueError, match="MIN_BLOCKS_PER_SM"):
             model.forward(make_x(1, 2, 5), state=st, backend="cuda")
     monkeypatch.setattr(_config, "CUDA_MIN_BLOCKS_PER_SM", 1)
+    for prefetch in (1, 0, "yes", None):
+        monkeypatch.setattr(_config, "CUDA_PREFETCH_ROWS", prefetch)
+        with pytest.raises(ValueError, match="PREFETCH_ROWS"):
+            model.forward(make_x(1, 2, 5), state=st, backend="cuda")
+    monkeypatch.setattr(_config, "CUDA_PREFETCH_ROWS", True)
     monkeypatch.setattr(_config, "CUDA_WARP_SHUFFLES", "sometimes")
     with pytest.raises(ValueError, match="WARP_SHUFFLES"):
         model.forward(make_x(1, 2, 5), state=st, backend="cuda")

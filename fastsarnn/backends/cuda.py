@@ -11,10 +11,12 @@ launch (the projection done inside it). Per step the block
    ``CUDA_MATVEC_WORDS`` loads of its slice before their multiply-adds, so a slice costs
    one round trip to the cache per that many terms);
 2. forms the key and the query (``W_k h_t``, ``W_q h_t``, ``W_s h_t``) the same way;
-3. attends in the FlashDecoding pattern: warp ``w`` owns attended positions ``w, w + NW,
-   ...``; its lanes own dimensions (one history row read per warp, coalesced), a warp
-   all-reduce gives the score, and each warp keeps an online softmax (running max ``m``,
-   sum ``l``, weighted accumulator of ``H`` values in shared memory);
+3. attends in the FlashDecoding pattern: the attended positions form groups of ``G``,
+   warp ``w`` owns groups ``w, w + NW, ...`` (a group per round, its ``G`` rows loaded
+   together; in the kernel of the scores without keys, during the round before:
+   ``CUDA_PREFETCH_ROWS``); its lanes own dimensions (history rows read per warp,
+   coalesced), a warp all-reduce gives the scores, and each warp keeps an online softmax
+   (running max ``m``, sum ``l``, weighted accumulator of ``H`` values in registers);
 4. merges the warps' partials: ``M = max_w m_w``, ``l = sum_w l_w e^(m_w - M)``,
    ``c_t = sum_w acc_w e^(m_w - M) / l``.
 
@@ -217,6 +219,16 @@ def blocks_per_sm():
     return mb
 
 
+def prefetch_rows():
+    """``_config.CUDA_PREFETCH_ROWS``, checked: whether a warp loads its next round's
+    history rows before it reduces the current round."""
+    choice = _config.CUDA_PREFETCH_ROWS
+    if choice is not True and choice is not False:
+        raise ValueError(f"fastsarnn._config.CUDA_PREFETCH_ROWS must be True or False; got "
+                         f"{choice!r}")
+    return choice
+
+
 def block_geometry(H, Ha, D, dtype, shuffles, G):
     """(threads per block, scratch elements, scratch in global memory?) for a model.
 
@@ -292,7 +304,7 @@ _DTYPE_NAMES = {"f": "float32", "d": "float64"}
 
 
 def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, MB=1,
-                     keyed=False):
+                     keyed=False, prefetch=False):
     """The sequence kernel for a dtype, warp-reduce flavour, scratch placement, G (capped
     by :func:`rows_in_flight`), whether it splits a sequence's positions over several
     blocks (a cooperative kernel), the block
@@ -304,10 +316,12 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, M
     (:func:`weights_in_flight`), ``MB``, the blocks an SM must hold at once
     (:func:`blocks_per_sm`), and ``keyed``: the kernel of the scores with a key cache
     (``kq``, ``additive``), or of those without (``dot``, ``scaled_dot``, ``general``),
-    whose attention loop then has no key loads and needs fewer registers."""
+    whose attention loop then has no key loads and needs fewer registers, and
+    ``prefetch``: whether a warp loads its next round's rows during the current round
+    (:func:`prefetch_rows`)."""
     # by the arguments as given (a launch's look-up, paid per token by step): equal
     # arguments derive the same key below
-    args = (dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, MB, keyed,
+    args = (dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, MB, keyed, prefetch,
             _config.CUDA_ROW_CACHE_WORDS)
     kern = _KERNELS_BY_ARGS.get(args)
     if kern is not None:
@@ -318,7 +332,7 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, M
     key = (_DTYPE_NAMES[np.dtype(dtype).char], shuffles, global_scratch,
            rows_in_flight(G, HPL, dtype),
            bool(split), nt, HPL, -(-max(int(H), int(Ha)) // W), int(MV), int(MB),
-           bool(keyed))
+           bool(keyed), bool(prefetch))
     with _KERNEL_LOCK:
         kern = _KERNELS.get(key)
         if kern is None:
@@ -330,7 +344,7 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, M
 
 
 def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, HPL, QPL,
-                           MV=None, MB=1, keyed=False):
+                           MV=None, MB=1, keyed=False, prefetch=False):
     tp = numba.float32 if dtype_name == "float32" else numba.float64
     MV = weights_in_flight(dtype_name) if MV is None else int(MV)
     warp_allsum = _make_warp_allsum(shuffles, G)
@@ -338,6 +352,7 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
     # lane's dimensions have a fixed count
     SPLIT = bool(split)
     KEYED = bool(keyed)     # scores with keys (kq, additive): only such models launch it
+    PREFETCH = bool(prefetch)   # the next round's rows loaded during this round's reduction
     W_C = min(int(nt), WARP)
     # the launch bound (not on the simulator, whose jit has no such option): without it the
     # compiler may use more registers per thread than a block of nt threads can have
@@ -393,6 +408,40 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         return s
 
     @cuda.jit(device=True)
+    def load_group(hist, b, i0, hi, first_slot, span, H, lane, slots, rows):
+        """The slots of attended positions ``i0 .. i0 + G - 1`` (``i0 < hi``) and this
+        lane's dimensions of their history rows: ``rows[g*HPL + k] = hist[b, slots[g],
+        lane + k*W]``. Positions past ``hi - 1`` repeat row ``hi - 1`` (their weights are
+        0), so every load is valid and none waits on a branch: the ``G * HPL`` loads of a
+        lane are in flight together. The slot of position ``i`` is ``first_slot + i``,
+        less ``span`` once it reaches ``span``. Only the last ``k`` can pass ``H - 1``
+        (``(HPL - 1) * W < H <= HPL * W``): clamped to it (those lanes' sums are never
+        stored)."""
+        W = W_C
+        s0 = first_slot + i0
+        if s0 >= span:
+            s0 -= span
+        if i0 + G <= hi and s0 + G <= span:   # the common case: G slots in a row
+            for g in range(G):
+                slots[g] = s0 + g
+        else:
+            for g in range(G):
+                i = i0 + g
+                if i > hi - 1:
+                    i = hi - 1
+                sl = first_slot + i
+                if sl >= span:
+                    sl -= span
+                slots[g] = sl
+        for g in range(G):
+            row = hist[b, U(slots[g])]      # read through the row's view
+            for k in range(HPL):
+                d = lane + k * W
+                if k == HPL - 1 and d > H - 1:
+                    d = H - 1
+                rows[g * HPL + k] = row[U(d)]
+
+    @cuda.jit(device=True)
     def run_sequence(b, bx, nbx, wts, D, H, Ha, score,
                      recurrence, window, inline_proj, x, lengths, hist, keys, hs, cs,
                      positions, out_h, out_c, attn, want_attn, compact, parts, P, buf):
@@ -441,6 +490,8 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         e_grp = cuda.local.array(G, tp)
         slots = cuda.local.array(G, numba.int64)
         rows = cuda.local.array(ROWS, tp)      # the group's history rows, this lane's dims
+        slots_n = cuda.local.array(G if PREFETCH else 1, numba.int64)   # the next group's
+        rows_n = cuda.local.array(ROWS if PREFETCH else 1, tp)
         acc_r = cuda.local.array(HPL, tp)      # this lane's dims lane + k*W of the warp's acc
         q_r = cuda.local.array(QPL, tp)        # ... of the query
         v_r = cuda.local.array(QPL, tp)        # ... of v (additive score), 0 past Ha
@@ -566,38 +617,15 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                     m = neg_inf
                     l = zero
                     cnt_pos = hi - lo if hi > lo else 0
+                    if PREFETCH and lo + warp * G < hi:    # round 0's group
+                        load_group(hist, b, lo + warp * G, hi, first_slot, span, H, lane,
+                                   slots, rows)
                     for it in range((cnt_pos + NW * G - 1) // (NW * G)):   # same on all
                         i0 = lo + (it * NW + warp) * G
                         if i0 < hi:
-                            # the group's slots; rows past hi repeat row hi - 1 (their
-                            # weights are 0 below), so every load is valid and none waits
-                            # on a branch: the G*HPL loads of a lane are in flight together
-                            s0 = first_slot + i0
-                            if s0 >= span:
-                                s0 -= span
-                            if i0 + G <= hi and s0 + G <= span:   # the common case: G
-                                for g in range(G):              # slots in a row
-                                    slots[g] = s0 + g
-                            else:
-                                for g in range(G):
-                                    i = i0 + g
-                                    if i > hi - 1:
-                                        i = hi - 1
-                                    sl = first_slot + i
-                                    if sl >= span:
-                                        sl -= span
-                                    slots[g] = sl
-                            # rows[g*HPL + k] = hist[b, slot g, lane + k*W], read through
-                            # the row's view; only the last k can pass H - 1 ((HPL - 1) * W
-                            # < H <= HPL * W), and is clamped to it (those lanes' sums are
-                            # never stored)
-                            for g in range(G):
-                                row = hist[b, U(slots[g])]
-                                for k in range(HPL):
-                                    d = lane + k * W
-                                    if k == HPL - 1 and d > H - 1:
-                                        d = H - 1
-                                    rows[g * HPL + k] = row[U(d)]
+                            if not PREFETCH:     # this round's group, loaded now
+                                load_group(hist, b, i0, hi, first_slot, span, H, lane,
+                                           slots, rows)
                             # scores: q_r (and v_r) are 0 past kdim, so the clamped terms add 0
                             for g in range(G):
                                 part = zero
@@ -622,6 +650,11 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                         else:
                             for g in range(G):
                                 e_grp[g] = zero
+                        if PREFETCH and i0 + NW * G < hi:
+                            # the next round's group: its loads in flight during this
+                            # round's reduction, softmax and weighted sum
+                            load_group(hist, b, i0 + NW * G, hi, first_slot, span, H, lane,
+                                       slots_n, rows_n)
                         warp_allsum(e_grp, lane, W, buf, o_red, tid)
                         if i0 < hi:
                             cnt = min(G, hi - i0)
@@ -648,6 +681,11 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                                     acc += e_grp[g] * rows[g * HPL + k]
                                 acc_r[k] = acc
                             m = m_new
+                        if PREFETCH:     # the next round's group becomes this one's
+                            for u in range(ROWS):
+                                rows[u] = rows_n[u]
+                            for g in range(G):
+                                slots[g] = slots_n[g]
                     for k in range(HPL):
                         d = lane + k * W
                         if d < H:
@@ -1359,7 +1397,8 @@ def _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes, step=False, d
 #: The ``_config`` settings a launch plan (:func:`_launch_plan`) is derived from.
 _PLAN_SETTINGS = operator.attrgetter(
     "CUDA_WARP_SHUFFLES", "CUDA_ROWS_PER_WARP", "CUDA_MATVEC_WORDS", "CUDA_ROW_CACHE_WORDS",
-    "CUDA_BLOCK_SIZE", "CUDA_SHARED_BYTES", "CUDA_SPLIT_PARTS", "CUDA_MIN_BLOCKS_PER_SM")
+    "CUDA_BLOCK_SIZE", "CUDA_SHARED_BYTES", "CUDA_SPLIT_PARTS", "CUDA_MIN_BLOCKS_PER_SM",
+    "CUDA_PREFETCH_ROWS")
 _PLANS = {}
 
 
@@ -1372,10 +1411,10 @@ def _plan_key(p):
 
 
 def _launch_plan(p, key=None):
-    """``(shuffles, G, MV, MB, nt, nscratch, global_scratch)`` of a model under the current
-    settings, checked (:func:`use_shuffles`, :func:`rows_per_warp`,
-    :func:`weights_in_flight`, :func:`blocks_per_sm`, :func:`split_parts`,
-    :func:`block_geometry`).
+    """``(shuffles, G, MV, MB, PF, nt, nscratch, global_scratch)`` of a model under the
+    current settings, checked (:func:`use_shuffles`, :func:`rows_per_warp`,
+    :func:`weights_in_flight`, :func:`blocks_per_sm`, :func:`prefetch_rows`,
+    :func:`split_parts`, :func:`block_geometry`).
 
     Made once per model sizes and settings, then a dictionary look-up: ``step`` pays it per
     token. The key (``key``: :func:`_plan_key`, where the caller made it) holds each
@@ -1393,8 +1432,10 @@ def _launch_plan(p, key=None):
         G = rows_per_warp()
         MV = weights_in_flight(p.dtype)
         MB = blocks_per_sm()
+        PF = prefetch_rows()
         split_parts()
-        got = (shuffles, G, MV, MB, *block_geometry(p.H, p.Ha, p.D, p.dtype, shuffles, G))
+        got = (shuffles, G, MV, MB, PF,
+               *block_geometry(p.H, p.Ha, p.D, p.dtype, shuffles, G))
         if key is not None:
             if len(_PLANS) >= 256:
                 _PLANS.clear()
@@ -1412,7 +1453,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
     B, T, D = d_x.shape
     H = p.H
     plan_key = _plan_key(p)
-    shuffles, G, MV, MB, nt, nscratch, global_scratch = _launch_plan(p, plan_key)
+    shuffles, G, MV, MB, PF, nt, nscratch, global_scratch = _launch_plan(p, plan_key)
     # the sizes every index of the kernels relies on
     if (d_out_h.shape != (B, T, H) or d_out_c.shape != (B, T, H) or D != p.D
             or d_len.shape != (B,) or state.batch_size != B):
@@ -1445,9 +1486,14 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
     if p.window is not None:
         n_last = min(n_last, int(p.window))
 
+    keyed = p.score_code >= 3
+    # a second set of rows: not where registers are short (the keyed kernel, and one
+    # built for several blocks per SM, where the other blocks hide the loads' latency)
+    prefetch = PF and not keyed and MB == 1
+
     def kernel_for(P):
         return _sequence_kernel(p.dtype, shuffles, global_scratch, G, P > 1, H, p.Ha, nt, MV,
-                                MB, p.score_code >= 3)
+                                MB, keyed, prefetch)
 
     def args_for(P, nbx=1):
         parts = (_workspace(w, "parts", (2, B, P, H + 2), p.dtype) if P > 1
