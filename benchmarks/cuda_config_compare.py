@@ -26,11 +26,14 @@ DEFAULT_SETTING = f"{SPLIT}=1,2,4,8,16,auto"
 
 
 def parse_setting(text):
-    """``"NAME=V1,V2"`` -> (NAME, [values]): integers where they parse as such."""
+    """``"NAME=V1,V2"`` -> (NAME, [values]): integers and ``True``/``False`` where they
+    parse as such, else strings."""
     name, _, values = text.partition("=")
     if not name.startswith("CUDA_") or not values:
         raise argparse.ArgumentTypeError(f"expected CUDA_NAME=V1,V2,...; got {text!r}")
-    return name, [int(v) if v.lstrip("-").isdigit() else v for v in values.split(",")]
+    named = {"True": True, "False": False}
+    return name, [int(v) if v.lstrip("-").isdigit() else named.get(v, v)
+                  for v in values.split(",")]
 
 
 def main(argv=None):
