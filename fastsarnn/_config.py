@@ -82,12 +82,12 @@ CUDA_MIN_BLOCKS_PER_SM = 1
 #: Whether a warp of the CUDA sequence kernel loads the history rows of its next round of
 #: the attention before it reduces the current round's scores (software pipelining: the
 #: loads' round trip to the cache overlaps the reduction, the softmax and the weighted
-#: sum, instead of following them), at the cost of a second set of CUDA_ROW_CACHE_WORDS
-#: registers per lane. Only the kernel of the scores without keys (dot, scaled_dot,
-#: general) built for one block per SM does: the keyed one would spill at H = 256
-#: (sm_90), and under CUDA_MIN_BLOCKS_PER_SM > 1 registers are short and the other
-#: blocks hide the latency. Unmeasured on a GPU. True or False; compile-time constant of
-#: the kernel, read at launch.
+#: sum, instead of following them), at the cost of a second set of row registers per lane
+#: (up to CUDA_ROW_CACHE_WORDS) and of the rows' slots. Only the kernel of the scores
+#: without keys (dot, scaled_dot, general) built for one block per SM does: the keyed one
+#: would spill at H = 256 (sm_90), and under CUDA_MIN_BLOCKS_PER_SM > 1 registers are
+#: short and the other blocks hide the latency. Unmeasured on a GPU. True or False;
+#: compile-time constant of the kernel, read at launch.
 CUDA_PREFETCH_ROWS = True
 #: CUDA, few sequences with long histories: split each step's attended positions into this
 #: many parts, one block each, all blocks of a sequence in one cooperative launch (a grid

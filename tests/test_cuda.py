@@ -299,6 +299,24 @@ def test_rows_per_warp(monkeypatch, rows, window, prefetch):
 
 
 @pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "no-prefetch"])
+@pytest.mark.parametrize("window", [None, 7])
+def test_rounds_of_several_warps(monkeypatch, window, prefetch):
+    """64 threads (two warps) with 2 rows per round: a round of the block takes 4
+    positions, so a warp's next group starts 4 positions on (not 2), over 16 steps (up to
+    4 rounds; with a window of 7, groups across the ring's end); loaded a round ahead or
+    in the round."""
+    monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", 64)
+    monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", 2)
+    monkeypatch.setattr(_config, "CUDA_PREFETCH_ROWS", prefetch)
+    model = make_model(score="dot", window=window, D=5, H=6)
+    x = make_x(1, 16, 5)
+    out = model.forward(x, return_attention=True, backend="cuda")
+    ref = reference(model, x, return_attention=True)
+    assert max_err(out.attention, ref.attention) <= tol(model)
+    assert max_err(out.c, ref.c) <= tol(model)
+
+
+@pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "no-prefetch"])
 @pytest.mark.parametrize("block", [4, PRODUCTION_BLOCK])
 def test_wider_models_rounds_past_the_ring_end_and_a_clamped_last_share(monkeypatch, block,
                                                                          prefetch):
@@ -307,8 +325,8 @@ def test_wider_models_rounds_past_the_ring_end_and_a_clamped_last_share(monkeypa
     consecutive slots after the ring wrapped, and rounds across its end), float32 with
     the default weight loads in flight (whole and partial rounds of the products at a
     block of 4), rows loaded a round ahead or not (CUDA_PREFETCH_ROWS: the dot kernel's
-    choice; the keyed one loads them in the round): every score family against the
-    reference."""
+    choice; the keyed one loads them in the round; several rounds at a block of 4, one
+    at the production size): every score family against the reference."""
     monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", block)
     monkeypatch.setattr(_config, "CUDA_PREFETCH_ROWS", prefetch)
     monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", 3)
@@ -896,7 +914,9 @@ def _race_case_id(case):
     # test_warp_allsum_gives_every_lane_the_same_sums)
     pytest.param(("kq", "c", 3, 1, 1, True), 64, False, id="kq-window-64threads"),
     pytest.param(("additive", "hc", 4, 2, 2, True), 64, False,
-                 id="additive-window-2parts-2blocks-64threads")])
+                 id="additive-window-2parts-2blocks-64threads"),
+    pytest.param(("dot", "c", None, 2, 2, True), 64, False,      # rows loaded a round ahead
+                 id="dot-2parts-2blocks-64threads")])
 def test_kernels_have_no_races(monkeypatch, case, threads, shuffles):
     """Every element access of every launch, with the barriers its thread had passed: no
     two accesses that no barrier orders have an outcome that depends on their order (two
@@ -909,6 +929,8 @@ def test_kernels_have_no_races(monkeypatch, case, threads, shuffles):
     report, shuffled = _instrumented(monkeypatch, shuffles, blocks)
     be = _be()
     monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", threads)
+    if threads > 32:    # several warps: rounds of 2 rows, so that a warp takes several
+        monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", 2)
     if parts > 1:
         monkeypatch.setattr(be, "_split_plan", lambda *args, **kw: (parts, blocks))
     if not shared:
@@ -1083,11 +1105,13 @@ def test_a_step_repeats_the_last_launch_only_while_nothing_it_was_made_from_chan
         if t == 11:     # the history written on the host: uploaded before the launch
             for s in (st, twin):
                 s.hist[:, 1] += 0.25
-        if t == 12:     # a failed call changes nothing and keeps nothing
+        if t == 12:     # a failed call keeps no launch to repeat and changes no position,
+            # h or c (the model grows the history before the backend refuses)
             monkeypatch.setattr(_config, "CUDA_MATVEC_WORDS", 0)
             with pytest.raises(ValueError, match="MATVEC_WORDS"):
                 model.step(x[:, t], st, backend="cuda")
             assert st.positions.tolist() == twin.positions.tolist()
+            assert max_err(st.h, twin.h) <= tol(model) and max_err(st.c, twin.c) <= tol(model)
             monkeypatch.setattr(_config, "CUDA_MATVEC_WORDS", 16)
         if t == 13:     # "auto" asks for 2 parts (on a GPU: positions past 2048)
             monkeypatch.setattr(be, "_auto_parts", lambda *args: 2)
@@ -1106,6 +1130,27 @@ def test_a_step_repeats_the_last_launch_only_while_nothing_it_was_made_from_chan
     # replaced; 12: the failed call (the history grows to 24 in it) and the token after
     # it; 13, 14: split in two parts, 15: one block again
     assert full == [0, 5, 6, 8, 12, 12, 13, 14, 15]
+
+
+def test_once_preparing_failed_no_prepared_launch_is_repeated(monkeypatch):
+    """Once preparing failed somewhere in the process, every launch goes through
+    numba-cuda, as the warning says: also a stream that holds a prepared launch to repeat."""
+    be = _be()
+    prepare = _stand_in_prepare(be, [])
+    monkeypatch.setattr(be, "_PREPARE_LAUNCHES", True)
+    monkeypatch.setattr(be, "_PREPARED_ERROR", None)
+    monkeypatch.setattr(be, "_prepare", prepare)
+    monkeypatch.setattr(be, "_current_context", lambda: be)
+    model = make_model(score="dot", D=5, H=6)
+    x = make_x(1, 8, 5)
+    st = model.init_state(1, capacity=16)
+    hs = [model.step(x[:, t], st, backend="cuda")[0].copy() for t in range(5)]
+    used = prepare.launchers[0].used
+    assert used == 3        # tokens 3, 4 and 5 (the 4th and 5th repeated by _launch_again)
+    monkeypatch.setattr(be, "_PREPARED_ERROR", "AttributeError: another stream's")
+    hs += [model.step(x[:, t], st, backend="cuda")[0].copy() for t in range(5, 8)]
+    assert prepare.launchers[0].used == used and len(prepare.launchers) == 1
+    assert max_err(np.stack(hs, 1), reference(model, x).h) <= tol(model)
 
 
 def test_a_failure_to_prepare_launches_warns_once_and_steps_go_on(monkeypatch):

@@ -1574,7 +1574,7 @@ def _launch_again(p, w, state, slot):
     Only a state of the user's (not a one-call scratch state) has a slot.
     """
     again = slot.get("again")
-    if again is None:
+    if again is None or _PREPARED_ERROR is not None:    # then every launch: numba-cuda's
         return False
     q, plan_key, ctx0, hist0, small0, launcher, plan = again
     if q is not p or _plan_key(p) != plan_key:
