@@ -1443,6 +1443,20 @@ def _launch_plan(p, key=None):
     return got
 
 
+def _latest_position(pos):
+    """The latest position of any sequence, 0 for none (for one sequence, a step's common
+    case, a scalar read)."""
+    B = pos.shape[0]
+    return (int(pos[0]) if B == 1 else int(pos.max())) if B else 0
+
+
+def _attended_at_last_step(p, last, T):
+    """The positions the last of ``T`` steps from position ``last`` attends: ``last + T``,
+    at most the window."""
+    n = last + T
+    return n if p.window is None else min(n, int(p.window))
+
+
 def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, inline,
             slot=None):
     """Checks, then the projection (unless ``inline``) and the sequence kernel (launched
@@ -1461,8 +1475,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
                          f"{d_out_h.shape}, out_c {d_out_c.shape}, lengths {d_len.shape}, "
                          f"state batch {state.batch_size}, model D={p.D} H={H}")
     pos = state.positions
-    # the latest position of any sequence (a scalar for one sequence: a step's common case)
-    last = (int(pos[0]) if B == 1 else int(pos.max())) if B else 0
+    last = _latest_position(pos)
     if p.window is None and B and (int(pos[0]) + int(lens[0]) if B == 1
                                    else int((pos + lens).max())) > state.capacity:
         raise ValueError("cuda kernel: the state's capacity does not fit the new positions")
@@ -1482,9 +1495,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
     h_arg, c_arg, pos_arg = small
     keys = w["none"] if dev_keys is None else dev_keys
     shared_bytes = 0 if global_scratch else nscratch * np.dtype(p.dtype).itemsize
-    n_last = last + T if B else 0   # positions attended at the last step
-    if p.window is not None:
-        n_last = min(n_last, int(p.window))
+    n_last = _attended_at_last_step(p, last, T) if B else 0
 
     keyed = p.score_code >= 3
     # a second set of rows: not where registers are short (the keyed kernel, and one
@@ -1585,11 +1596,10 @@ def _launch_again(p, w, state, slot):
         return False
     pos = state.positions
     B = pos.shape[0]
-    n_last = (int(pos[0]) if B == 1 else int(pos.max())) + 1    # positions attended
-    if p.window is not None:
-        n_last = min(n_last, int(p.window))
-    elif n_last > state.capacity:
+    last = _latest_position(pos)
+    if p.window is None and last + 1 > state.capacity:
         return False
+    n_last = _attended_at_last_step(p, last, 1)
     parts = split_parts()     # checked when the plan was made: a key of equal settings
     if parts == "auto":
         parts = _auto_parts(B, n_last, True, None if SIMULATOR else ctx.device)
