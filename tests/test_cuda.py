@@ -290,12 +290,17 @@ def test_rows_per_warp(monkeypatch, rows, window, prefetch):
     each round's rows loaded during the round before (CUDA_PREFETCH_ROWS) or in it."""
     monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", rows)
     monkeypatch.setattr(_config, "CUDA_PREFETCH_ROWS", prefetch)
-    model = make_model(score="dot", window=window, D=5, H=6)
-    x = make_x(1, 12, 5)
+    _forward_with_attention_exact(make_model(score="dot", window=window, D=5, H=6),
+                                  make_x(1, 12, 5))
+
+
+def _forward_with_attention_exact(model, x):
+    """``forward`` of ``x`` on cuda: ``c`` and the attention weights against the
+    reference."""
     out = model.forward(x, return_attention=True, backend="cuda")
     ref = reference(model, x, return_attention=True)
-    assert max_err(out.attention, ref.attention) <= tol(model)
     assert max_err(out.c, ref.c) <= tol(model)
+    assert max_err(out.attention, ref.attention) <= tol(model)
 
 
 @pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "no-prefetch"])
@@ -308,12 +313,8 @@ def test_rounds_of_several_warps(monkeypatch, window, prefetch):
     monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", 64)
     monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", 2)
     monkeypatch.setattr(_config, "CUDA_PREFETCH_ROWS", prefetch)
-    model = make_model(score="dot", window=window, D=5, H=6)
-    x = make_x(1, 16, 5)
-    out = model.forward(x, return_attention=True, backend="cuda")
-    ref = reference(model, x, return_attention=True)
-    assert max_err(out.attention, ref.attention) <= tol(model)
-    assert max_err(out.c, ref.c) <= tol(model)
+    _forward_with_attention_exact(make_model(score="dot", window=window, D=5, H=6),
+                                  make_x(1, 16, 5))
 
 
 @pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "no-prefetch"])
@@ -332,11 +333,8 @@ def test_wider_models_rounds_past_the_ring_end_and_a_clamped_last_share(monkeypa
     monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", 3)
     x = make_x(1, 25, 5)
     for score in ("dot", "kq", "additive"):
-        model = make_model(score=score, window=10, dtype="float32", D=5, H=40, Ha=37)
-        out = model.forward(x, return_attention=True, backend="cuda")
-        ref = reference(model, x, return_attention=True)
-        assert max_err(out.c, ref.c) <= tol(model)
-        assert max_err(out.attention, ref.attention) <= tol(model)
+        _forward_with_attention_exact(
+            make_model(score=score, window=10, dtype="float32", D=5, H=40, Ha=37), x)
 
 
 @pytest.mark.parametrize("dtype,rows", [("float32", 2), ("float64", 1)])
@@ -994,6 +992,15 @@ def test_launch_configurations_are_made_once_without_the_low_occupancy_warning(m
     assert be._configured(kern, 2, 4).config == (2, 4, 0, 0)    # configured again
 
 
+def _launches_prepared_by(monkeypatch, be, prepare, context=None):
+    """Launches prepared as on a GPU, by ``prepare`` (for _prepare, which needs one), in the
+    CUDA context ``context()`` (by default one context throughout)."""
+    monkeypatch.setattr(be, "_PREPARE_LAUNCHES", True)
+    monkeypatch.setattr(be, "_PREPARED_ERROR", None)
+    monkeypatch.setattr(be, "_prepare", prepare)
+    monkeypatch.setattr(be, "_current_context", context or (lambda: be))
+
+
 def _stand_in_prepare(be, made):
     """For _prepare, which needs a GPU (cuda.core's launch): a launcher through numba-cuda
     with the arguments it was made for, as a prepared launch would use them."""
@@ -1020,10 +1027,7 @@ def test_step_launches_are_prepared_once_per_set_of_buffers(monkeypatch, capacit
     be = _be()
     made = []
     prepare = _stand_in_prepare(be, made)
-    monkeypatch.setattr(be, "_PREPARE_LAUNCHES", True)
-    monkeypatch.setattr(be, "_PREPARED_ERROR", None)
-    monkeypatch.setattr(be, "_prepare", prepare)
-    monkeypatch.setattr(be, "_current_context", lambda: be)     # one context throughout
+    _launches_prepared_by(monkeypatch, be, prepare)      # one context throughout
     model = make_model(score="kq", recurrence="hc", window=None, D=5, H=6, Ha=3)
     x = make_x(2, 12, 5)
     st = model.init_state(2, capacity=capacity)
@@ -1041,10 +1045,7 @@ def test_a_prepared_step_launch_is_not_used_in_another_context(monkeypatch):
     made = []
     prepare = _stand_in_prepare(be, made)
     context = [object()]
-    monkeypatch.setattr(be, "_PREPARE_LAUNCHES", True)
-    monkeypatch.setattr(be, "_PREPARED_ERROR", None)
-    monkeypatch.setattr(be, "_prepare", prepare)
-    monkeypatch.setattr(be, "_current_context", lambda: context[0])
+    _launches_prepared_by(monkeypatch, be, prepare, context=lambda: context[0])
     model = make_model(score="dot", D=5, H=6)
     x = make_x(1, 8, 5)
     st = model.init_state(1, capacity=16)
@@ -1137,10 +1138,7 @@ def test_once_preparing_failed_no_prepared_launch_is_repeated(monkeypatch):
     numba-cuda, as the warning says: also a stream that holds a prepared launch to repeat."""
     be = _be()
     prepare = _stand_in_prepare(be, [])
-    monkeypatch.setattr(be, "_PREPARE_LAUNCHES", True)
-    monkeypatch.setattr(be, "_PREPARED_ERROR", None)
-    monkeypatch.setattr(be, "_prepare", prepare)
-    monkeypatch.setattr(be, "_current_context", lambda: be)
+    _launches_prepared_by(monkeypatch, be, prepare)
     model = make_model(score="dot", D=5, H=6)
     x = make_x(1, 8, 5)
     st = model.init_state(1, capacity=16)
@@ -1161,10 +1159,7 @@ def test_a_failure_to_prepare_launches_warns_once_and_steps_go_on(monkeypatch):
         tries.append(1)
         raise AttributeError("'_Kernel' object has no attribute '_prepare_args'")
 
-    monkeypatch.setattr(be, "_PREPARE_LAUNCHES", True)
-    monkeypatch.setattr(be, "_PREPARED_ERROR", None)
-    monkeypatch.setattr(be, "_prepare", broken)
-    monkeypatch.setattr(be, "_current_context", lambda: be)
+    _launches_prepared_by(monkeypatch, be, broken)
     model = make_model(score="dot", D=5, H=6)
     x = make_x(1, 6, 5)
     st = model.init_state(1)
