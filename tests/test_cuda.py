@@ -436,6 +436,18 @@ def _forward_then_step_exact(model):
     assert max_err(c, ref.c[:, 4]) <= tol(model)
 
 
+def _project_inside_the_kernel(monkeypatch):
+    """Every launch of the sequence kernel projects ``W_x x_t + b`` itself, as a step's
+    does, also in a forward over several steps."""
+    be = _be()
+    real = be._launch
+
+    def launch_inline(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact,
+                      inline, slot=None):
+        real(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, True, slot)
+    monkeypatch.setattr(be, "_launch", launch_inline)
+
+
 @pytest.mark.parametrize("parts", [1, 2])
 def test_projection_inside_the_kernel_over_several_steps(monkeypatch, parts):
     """The kernel's own projection of ``W_x x_t + b`` (a step's; the first x_t is read
@@ -445,12 +457,7 @@ def test_projection_inside_the_kernel_over_several_steps(monkeypatch, parts):
     do): every score family against the reference."""
     be = _be()
     monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", parts)
-    real = be._launch
-
-    def launch_inline(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact,
-                      inline, slot=None):
-        real(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, True, slot)
-    monkeypatch.setattr(be, "_launch", launch_inline)
+    _project_inside_the_kernel(monkeypatch)
     x = make_x(2, 8, 5)
     lengths = np.array([5, 3])
     for score in ("dot", "general", "kq", "additive"):
@@ -942,6 +949,22 @@ def test_kernels_have_no_races(monkeypatch, case, threads, shuffles):
     assert be.last_launch()["threads"] == threads
     assert report.launches >= 4 and report.accesses > 1000, vars(report)
     assert (shuffled["calls"] > 0) == shuffles
+
+
+@pytest.mark.parametrize("recurrence,threads", [("c", 4), ("c", 64), ("hc", 64)])
+def test_the_projection_inside_the_kernel_has_no_races(monkeypatch, recurrence, threads):
+    """Forwards over several steps with the kernel's own projection: each later step's
+    ``x_t`` is stored to the scratch by some threads and read by the products of others
+    (one part per output with 4 threads, several with 64)."""
+    report, _ = _instrumented(monkeypatch, False, 1)
+    monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", threads)
+    _project_inside_the_kernel(monkeypatch)
+    model = make_model(score="dot", recurrence=recurrence, D=5, H=6)
+    try:
+        _stream_matches_numpy(model)
+    finally:
+        assert not report.races, "\n".join(report.races)
+    assert report.launches >= 4 and report.accesses > 1000, vars(report)
 
 
 def test_launch_configurations_are_made_once_without_the_low_occupancy_warning(monkeypatch):

@@ -5,11 +5,14 @@ in parallel (one thread per output element, written into ``out_h``), then the se
 kernel, where block ``b`` runs sequence ``b`` through all its steps. A ``step`` is one
 launch (the projection done inside it). Per step the block
 
-1. updates the state: ``h_t = tanh(pre_t + W_c c_{t-1} [+ W_h h_{t-1}])``, the matrix-vector
-   products split over the block (thread ``j`` of part ``g`` sums one slice of ``k``; weights
-   stored transposed, so neighbouring threads read neighbouring words; a thread issues
-   ``CUDA_MATVEC_WORDS`` loads of its slice before their multiply-adds, so a slice costs
-   one round trip to the cache per that many terms);
+1. updates the state: ``h_t = tanh(pre_t + W_c c_{t-1} [+ W_h h_{t-1}])`` (in a step,
+   ``tanh(b + W_c c_{t-1} [+ W_h h_{t-1}] + W_x x_t)``), the matrix-vector products split
+   over the block: their terms, laid end to end, form a part per thread ``j`` of part
+   ``g`` (weights stored transposed, so neighbouring threads read neighbouring words; a
+   thread issues ``CUDA_MATVEC_WORDS`` loads of its part before their multiply-adds, so a
+   part costs one round trip to the cache per that many terms); with one part per output
+   (``H`` at least half the block) and no ``W_h h``, a thread adds its own part and no
+   barrier separates the products from ``h_t``;
 2. forms the key and the query (``W_k h_t``, ``W_q h_t``, ``W_s h_t``) the same way;
 3. attends in the FlashDecoding pattern: the attended positions form groups of ``G``,
    warp ``w`` owns groups ``w, w + NW, ...`` (a group per round, its ``G`` rows loaded
@@ -525,8 +528,14 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
             for k in range(tid + NT, D, NT):
                 buf[o_x + k] = x[b, 0, k]
         cuda.syncthreads()
+        # (1)'s terms of h_t: the products' k ranges end to end, W_c c over [0, H), then
+        # W_h h over [H, 2H) (recurrence hc), then W_x x_t over the next D (projection
+        # inline): KS parts of it per output, ``chunk`` terms each
         KS = NT // H if H < NT else 1            # parts of the k range, update
-        chunk = (H + KS - 1) // KS
+        o_kh = H                                 # where W_h's terms begin
+        o_kx = 2 * H if recurrence == 1 else H   # ... W_x's
+        KT = o_kx + D if inline_proj else o_kx
+        chunk = (KT + KS - 1) // KS
         KQ = NT // kdim if kdim < NT else 1      # parts of the k range, key/query
         chunkq = (H + KQ - 1) // KQ
         # SPLIT: every block runs T steps (a barrier per step), idle past its length
@@ -545,22 +554,35 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                     if r > 0:     # step 0's x_t came with h and c
                         for k in range(tid, D, NT):
                             buf[o_x + k] = x[b, r, k]
-                    pre = zero
+                        cuda.syncthreads()      # (1) reads all of x_t
+                    # b: loaded now, in flight during (1)
+                    pre = wts[o_b + tid] if tid < H else zero
                 else:     # W_x x_t + b, projected: loaded now, in flight during (1)
                     pre = out_h[b, r, tid] if tid < H else zero
-                # (1) partials of W_c c_{t-1} [+ W_h h_{t-1}] over k in part g's slice
+                # (1) partial g of output j: the terms of h_t's products in
+                # [g * chunk, (g + 1) * chunk) of the k ranges laid end to end
                 for idx in range(tid, KS * H, NT):
                     g = idx // H
                     j = idx - g * H
-                    k1 = min(H, (g + 1) * chunk)
-                    s = column_dot(zero, wts, o_wc, H, j, buf, o_c, g * chunk, k1)
-                    if recurrence == 1:
-                        s = column_dot(s, wts, o_wh, H, j, buf, o_h, g * chunk, k1)
+                    k0 = g * chunk
+                    k1 = min(KT, k0 + chunk)
+                    s = zero
+                    if k0 < o_kh:
+                        s = column_dot(s, wts, o_wc, H, j, buf, o_c, k0, min(k1, o_kh))
+                    if recurrence == 1 and k0 < o_kx and k1 > o_kh:
+                        s = column_dot(s, wts, o_wh, H, j, buf, o_h, max(k0, o_kh) - o_kh,
+                                       min(k1, o_kx) - o_kh)
+                    if inline_proj and k1 > o_kx:
+                        s = column_dot(s, wts, o_wx, H, j, buf, o_x, max(k0, o_kx) - o_kx,
+                                       k1 - o_kx)
                     buf[o_part + idx] = s
-                cuda.syncthreads()
+                # one part per output: a thread sums only the partial it stored, and only
+                # W_h h reads h, which the sums below overwrite
+                if KS > 1 or recurrence == 1:
+                    cuda.syncthreads()
                 for j in range(tid, H, NT):
                     if inline_proj:
-                        s = column_dot(wts[o_b + j], wts, o_wx, H, j, buf, o_x, 0, D)
+                        s = pre if j == tid else wts[o_b + j]
                     else:
                         s = pre if j == tid else out_h[b, r, j]
                     for g in range(KS):
