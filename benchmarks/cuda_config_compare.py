@@ -12,6 +12,11 @@ excluded) and prints one line per configuration, with the split the last launch 
 Needs a GPU for the split (the simulator never splits on "auto"). Usage:
 ``python benchmarks/cuda_config_compare.py [--setting NAME=V1,V2] [--repeat 3]
 [--config S ...] [--quick] [--block N]``.
+
+Settings that only make sense together go in one ``--setting``, joined by ``+``, with as
+many values each; the i-th values form the i-th variant. For example
+``CUDA_BLOCK_SIZE=256,512+CUDA_MATVEC_WORDS=16,8`` times (256 threads, 16 words) against
+(512 threads, 8 words): a block twice as wide leaves each thread half the registers.
 """
 
 import argparse
@@ -26,14 +31,30 @@ DEFAULT_SETTING = f"{SPLIT}=1,2,4,8,16,auto"
 
 
 def parse_setting(text):
-    """``"NAME=V1,V2"`` -> (NAME, [values]): integers and ``True``/``False`` where they
-    parse as such, else strings."""
-    name, _, values = text.partition("=")
-    if not name.startswith("CUDA_") or not values:
-        raise argparse.ArgumentTypeError(f"expected CUDA_NAME=V1,V2,...; got {text!r}")
+    """``"NAME=V1,V2[+NAME2=W1,W2...]"`` -> ((NAME, NAME2, ...), [(V1, W1, ...), (V2, W2,
+    ...)]): the variants, each a value per name; integers and ``True``/``False`` where
+    they parse as such, else strings."""
     named = {"True": True, "False": False}
-    return name, [int(v) if v.lstrip("-").isdigit() else named.get(v, v)
-                  for v in values.split(",")]
+    names, columns = [], []
+    for part in text.split("+"):
+        name, _, values = part.partition("=")
+        if not name.startswith("CUDA_") or not values or name in names:
+            raise argparse.ArgumentTypeError(
+                f"expected CUDA_NAME=V1,V2,... (several joined by +, each named once); "
+                f"got {text!r}")
+        names.append(name)
+        columns.append([int(v) if v.lstrip("-").isdigit() else named.get(v, v)
+                        for v in values.split(",")])
+    if len({len(c) for c in columns}) != 1:
+        raise argparse.ArgumentTypeError(
+            f"settings joined by + need as many values each; got "
+            f"{[len(c) for c in columns]} in {text!r}")
+    return tuple(names), list(zip(*columns))
+
+
+def _label(variant):
+    """A variant's values as a column heading: ``16`` or ``512/8``."""
+    return "/".join(str(v) for v in variant)
 
 
 def main(argv=None):
@@ -59,13 +80,20 @@ def main(argv=None):
     if not info.available:
         print(f"cuda unavailable: {info.reason}")
         return 1
-    setting, values = args.setting
-    if not hasattr(_config, setting):
-        print(f"fastsarnn._config has no setting {setting}")
+    names, values = args.setting
+    missing = [n for n in names if not hasattr(_config, n)]
+    if missing:
+        print(f"fastsarnn._config has no setting {', '.join(missing)}")
         return 1
-    default = getattr(_config, setting)
+    setting = "/".join(names)
+    default = tuple(getattr(_config, n) for n in names)
+
+    def apply(variant):
+        for n, v in zip(names, variant):
+            setattr(_config, n, v)
+
     print(f"# {be.describe()}; fastsarnn from {os.path.dirname(fs.__file__)}; {setting} in "
-          f"{values} (default {default!r}); "
+          f"{[_label(v) for v in values]} (default {_label(default)}); "
           f"CUDA_SPLIT_MIN_POSITIONS={_config.CUDA_SPLIT_MIN_POSITIONS}")
     failures = 0
     for name in args.config or ["S", "step", "M", "L"]:
@@ -76,27 +104,30 @@ def main(argv=None):
                if name not in ("L", "XL") else None)
         results, times = {}, {}
         for value in values:
-            setattr(_config, setting, value)
+            apply(value)
             run = suite.runner(cfg, model, x, "cuda")
             try:
                 results[value] = run()[0]             # compiles, warms up
             except Exception as exc:
                 failures += 1
-                print(f"FAIL {name}: {setting}={value!r}: {type(exc).__name__}: {exc}")
+                print(f"FAIL {name}: {setting}={_label(value)}: {type(exc).__name__}: {exc}")
                 continue
             finally:
-                setattr(_config, setting, default)
+                apply(default)
             plan = be.last_launch()
-            if setting == SPLIT and value != "auto" and plan["parts"] != value:
+            forced = dict(zip(names, value)).get(SPLIT, "auto")
+            if forced != "auto" and plan["parts"] != forced:
                 failures += 1
-                print(f"FAIL {name}: {value} parts forced, the launch ran {plan['parts']}")
-            setattr(_config, setting, value)
+                print(f"FAIL {name}: {forced} parts forced, the launch ran {plan['parts']}")
+            apply(value)
             best = float("inf")
-            for _ in range(args.repeat):
-                t0 = time.perf_counter()
-                run()
-                best = min(best, time.perf_counter() - t0)
-            setattr(_config, setting, default)
+            try:
+                for _ in range(args.repeat):
+                    t0 = time.perf_counter()
+                    run()
+                    best = min(best, time.perf_counter() - t0)
+            finally:
+                apply(default)
             times[value] = best
         if len(results) < len(values):
             continue
@@ -108,10 +139,10 @@ def main(argv=None):
                    if ref is not None else float("nan"))
         ok = err <= 2 * tol and (ref is None or err_ref <= tol)
         failures += not ok
-        cells = " ".join(f"{v}: {times[v] * 1e3:.2f}" for v in values)
+        cells = " ".join(f"{_label(v)}: {times[v] * 1e3:.2f}" for v in values)
         print(f"{'ok  ' if ok else 'FAIL'} {name} (ms by {setting}) {cells} | the last ran "
               f"{plan['parts']} parts on {plan['blocks_per_sequence']} blocks | max |value - "
-              f"{values[0]}| {err:.1e}, max |value - float64 numpy| {err_ref:.1e}",
+              f"{_label(values[0])}| {err:.1e}, max |value - float64 numpy| {err_ref:.1e}",
               flush=True)
     return 1 if failures else 0
 
