@@ -187,16 +187,21 @@ def main(argv=None):
         # runs (shuffles, shared scratch) also as the kernel of the scores without keys,
         # which loads a round's rows during the round before unless CUDA_PREFETCH_ROWS is
         # False (as _launch chooses)
-        variants = [(*v, True) for v in itertools.product((True, False), (False, True),
-                                                          (False, True))]
-        variants += [(True, False, split, False) for split in (False, True)]
-        for shuffles, global_scratch, split, keyed in variants:
+        # and that split kernel with the blocks sharing out h_t's products
+        # (CUDA_SPLIT_PRODUCTS)
+        variants = [(*v, True, False) for v in itertools.product((True, False), (False, True),
+                                                                 (False, True))]
+        variants += [(True, False, split, False, False) for split in (False, True)]
+        variants += [(True, False, True, False, True)]
+        for shuffles, global_scratch, split, keyed, products in variants:
             prefetch = be.prefetch_rows() and not keyed
             name = (f"sequence {dtype} shuffles={shuffles} global_scratch={global_scratch}"
-                    f" split={split} keyed={keyed} prefetch={prefetch}")
+                    f" split={split} keyed={keyed} prefetch={prefetch}"
+                    + (" split_products=True" if products else ""))
             rows = be.rows_in_flight(be.rows_per_warp(), args.sizes[1], dtype)   # as launched
             kern = be._build_sequence_kernel(dtype, shuffles, global_scratch, rows, split,
-                                             *args.sizes, keyed=keyed, prefetch=prefetch)
+                                             *args.sizes, keyed=keyed, prefetch=prefetch,
+                                             split_products=products)
             bound = kern.targetoptions.get("launch_bounds")
             if bound != nt:     # the kernel itself must carry it (compile_ptx is told below)
                 failures += 1
@@ -215,12 +220,15 @@ def main(argv=None):
             extra = [op for op in f64 if not op.startswith(("cvt.", "sqrt.", "rcp."))]
             # only the split kernel may synchronise the grid (a cooperative launch)
             grid_sync = "cudaCG" in ptx
+            # its call sites: one grid barrier per step, a second where the blocks share
+            # out h_t's products
+            grid_calls = len(re.findall(r"^\s*cudaCGSynchronize,\s*$", ptx, re.M))
             # per-lane arrays (scores, slots, accumulator, query) in registers: a float32
             # kernel compiled for its sizes needs no local memory (float64 ones may, past
             # LLVM's unrolling budget: reported)
             local = len(re.findall(r"\b(?:ld|st)\.local", ptx))
             ok = dtype == "float64" or (not extra and not local)
-            ok = ok and grid_sync == split
+            ok = ok and grid_sync == split and grid_calls == (2 if products else int(split))
             regs = ""
             if ptxas:   # what the GPU will run: registers within the block's budget, spills
                 t0 = time.perf_counter()
@@ -235,7 +243,7 @@ def main(argv=None):
                 regs = f", {nregs} registers x {nt} threads, {spill} bytes spilled"
             failures += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {name}: {len(ptx)} bytes of PTX, "
-                  f"shfl={'shfl.sync' in ptx}, grid sync={grid_sync}, local memory "
+                  f"shfl={'shfl.sync' in ptx}, grid barriers={grid_calls}, local memory "
                   f"accesses={local}{regs}, f64 ops={sorted(set(f64))[:4]}; {timing}")
         if dtype == "float32" and ptxas:
             # CUDA_MIN_BLOCKS_PER_SM = 2: the kernel a GPU runs by default, capped for two

@@ -24,7 +24,9 @@ import numpy as np
 
 
 def concurrent_blocks(monkeypatch, timeout=120.0):
-    """Patch the CUDA simulator (for the rest of the test) to run launches' blocks at once."""
+    """Patch the CUDA simulator (for the rest of the test) to run launches' blocks at once.
+    Returns a dict whose ``"grid_barriers"`` counts the grid barriers the launches of
+    several blocks have passed (each once, however many threads met there)."""
     from numba.cuda.simulator import kernel as K, kernelapi as KA
 
     for owner, name in ((K, "BlockManager"), (KA, "GridGroup"), (KA, "FakeCUDAShared")):
@@ -33,6 +35,7 @@ def concurrent_blocks(monkeypatch, timeout=120.0):
         "install concurrent_blocks before race_check (it wraps the grid barrier and memory)"
     base = K.BlockManager
     launch = {"threads": [], "errors": [], "barrier": None}
+    counts = {"grid_barriers": 0}
     lock = threading.Lock()
 
     class ConcurrentBlockManager(base):
@@ -68,7 +71,9 @@ def concurrent_blocks(monkeypatch, timeout=120.0):
         barrier = launch["barrier"]
         if barrier is None:                 # a one-block launch: the block's barrier
             return grid_sync(self)
-        barrier.wait()
+        if barrier.wait() == 0:             # one thread of those released
+            with lock:
+                counts["grid_barriers"] += 1
 
     shared_array = KA.FakeCUDAShared.array
 
@@ -83,6 +88,7 @@ def concurrent_blocks(monkeypatch, timeout=120.0):
     monkeypatch.setattr(K, "BlockManager", ConcurrentBlockManager)
     monkeypatch.setattr(KA.GridGroup, "sync", sync)
     monkeypatch.setattr(KA.FakeCUDAShared, "array", array)
+    return counts
 
 
 def block_shared_array(store, lock, shared_array, shared, shape, dtype, alignment, caller):

@@ -353,7 +353,7 @@ def test_rows_capped_by_the_registers_for_them(monkeypatch, dtype, rows):
     capped = be._sequence_kernel(*kernel_args)
     assert capped is not wide
     assert capped is be._KERNELS[(dtype, False, False, rows, False, 4, 2, 2, 16, 1, False,
-                                  False)]
+                                  False, False)]
     for score, window in (("dot", None), ("kq", 3), ("additive", None)):
         model = make_model(score=score, window=window, dtype=dtype, D=5, H=8, Ha=5)
         x = make_x(2, 7, 5)
@@ -537,40 +537,51 @@ def _stream_matches_numpy(model, parts=1, blocks=1):
 
 
 # -- one sequence's positions split over several blocks (a cooperative kernel) ----------------
-@pytest.mark.parametrize("parts", [2, 3])
+@pytest.mark.parametrize("parts,products", [(2, False), (3, False), (3, True)],
+                         ids=["2parts", "3parts", "3parts-split_products"])
 @pytest.mark.parametrize("score,recurrence,window", [
     ("dot", "c", None), ("scaled_dot", "hc", 3), ("general", "c", 4),
     ("kq", "hc", None), ("additive", "c", 3)])
 def test_split_over_blocks_matches_the_reference(monkeypatch, score, recurrence, window,
-                                                 parts):
+                                                 parts, products):
     """Forced parts (on the simulator one block per sequence takes all of them; on a GPU,
     one block per part): every score, lengths, streaming, dense and compact attention;
-    early steps attend fewer positions than there are parts (empty parts)."""
+    early steps attend fewer positions than there are parts (empty parts); the blocks
+    computing all of h_t or a slice each (CUDA_SPLIT_PRODUCTS)."""
     monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", parts)
+    monkeypatch.setattr(_config, "CUDA_SPLIT_PRODUCTS", products)
     model = make_model(score=score, recurrence=recurrence, window=window, D=5, H=6, Ha=4)
     _stream_matches_numpy(model, parts, 1 if _be().SIMULATOR else parts)
 
 
-@pytest.mark.parametrize("score,recurrence,window,parts,blocks,shared", [
-    ("dot", "c", None, 2, 2, True), ("kq", "hc", 3, 3, 2, True),
-    ("additive", "c", 4, 3, 3, False)])
+@pytest.mark.parametrize("score,recurrence,window,parts,blocks,shared,products", [
+    ("dot", "c", None, 2, 2, True, False), ("kq", "hc", 3, 3, 2, True, False),
+    ("additive", "c", 4, 3, 3, False, False), ("dot", "c", None, 2, 2, True, True),
+    ("kq", "hc", 3, 3, 2, True, True), ("additive", "c", 4, 3, 3, False, True),
+    ("scaled_dot", "hc", None, 7, 7, True, True)])
 def test_split_blocks_running_concurrently(monkeypatch, score, recurrence, window, parts,
-                                           blocks, shared):
+                                           blocks, shared, products):
     """Several blocks per sequence, all running at once and meeting at a real grid barrier
     (the simulator patched by tests/_cuda_blocks.py): blocks that share parts, partials
-    exchanged through global memory, per-block scratch in shared or global memory."""
+    exchanged through global memory, per-block scratch in shared or global memory; with
+    CUDA_SPLIT_PRODUCTS, each block's slice of h_t exchanged through the history row (7
+    blocks for H = 6: one computes none)."""
     be = _be()
     if not be.SIMULATOR:
         pytest.skip("simulator harness; on a GPU test_split_over_blocks_matches_the_"
                     "reference runs one block per part")
     from _cuda_blocks import concurrent_blocks
-    concurrent_blocks(monkeypatch)
+    counts = concurrent_blocks(monkeypatch)
     monkeypatch.setattr(be, "_split_plan", lambda *args, **kw: (parts, blocks))
+    monkeypatch.setattr(_config, "CUDA_SPLIT_PRODUCTS", products)
     if not shared:
         monkeypatch.setattr(_config, "CUDA_SHARED_BYTES", 0)
     model = make_model(score=score, recurrence=recurrence, window=window, D=5, H=6, Ha=4)
     _stream_matches_numpy(model, parts, blocks)
     assert be.last_launch()["global_scratch"] == (not shared)
+    # the 9 steps of the stream's split launches: a grid barrier each, two when the blocks
+    # share out h_t's products
+    assert counts["grid_barriers"] == 9 * (2 if products else 1)
 
 
 def test_split_at_the_production_block_size_and_global_scratch(monkeypatch):
@@ -735,6 +746,11 @@ def test_bad_config_is_refused(monkeypatch):
         with pytest.raises(ValueError, match="PREFETCH_ROWS"):
             model.forward(make_x(1, 2, 5), state=st, backend="cuda")
     monkeypatch.setattr(_config, "CUDA_PREFETCH_ROWS", True)
+    for products in (1, 0, "yes", None):
+        monkeypatch.setattr(_config, "CUDA_SPLIT_PRODUCTS", products)
+        with pytest.raises(ValueError, match="SPLIT_PRODUCTS"):
+            model.forward(make_x(1, 2, 5), state=st, backend="cuda")
+    monkeypatch.setattr(_config, "CUDA_SPLIT_PRODUCTS", False)
     monkeypatch.setattr(_config, "CUDA_WARP_SHUFFLES", "sometimes")
     with pytest.raises(ValueError, match="WARP_SHUFFLES"):
         model.forward(make_x(1, 2, 5), state=st, backend="cuda")
@@ -899,17 +915,19 @@ def test_the_simulator_shuffles_refuse_what_a_gpu_leaves_undefined(monkeypatch):
             shuffle[1, 4](out, mask, offset)
 
 
-_RACE_CASES = [     # score, recurrence, window, parts, blocks per sequence, shared scratch
-    ("dot", "c", None, 1, 1, True), ("scaled_dot", "hc", 3, 1, 1, True),
-    ("kq", "hc", 3, 1, 1, False), ("general", "c", 4, 2, 2, True),
-    ("additive", "hc", None, 3, 2, False)]
+_RACE_CASES = [     # score, recurrence, window, parts, blocks per sequence, shared scratch,
+    # blocks that share out h_t's products (CUDA_SPLIT_PRODUCTS)
+    ("dot", "c", None, 1, 1, True, False), ("scaled_dot", "hc", 3, 1, 1, True, False),
+    ("kq", "hc", 3, 1, 1, False, False), ("general", "c", 4, 2, 2, True, False),
+    ("additive", "hc", None, 3, 2, False, False), ("general", "hc", 4, 2, 2, True, True)]
 
 
 def _race_case_id(case):
-    score, _, window, parts, blocks, shared = case
+    score, _, window, parts, blocks, shared, products = case
     return "-".join([score] + (["window"] if window else []) +
                     ([f"{parts}parts-{blocks}blocks"] if parts > 1 else []) +
-                    ([] if shared else ["global_scratch"]))
+                    ([] if shared else ["global_scratch"]) +
+                    (["split_products"] if products else []))
 
 
 @pytest.mark.parametrize("case,threads,shuffles", [
@@ -917,11 +935,13 @@ def _race_case_id(case):
       for c in _RACE_CASES for sh, name in ((False, "shared_reduce"), (True, "shuffles"))],
     # several warps: a warp reads what another wrote (the shuffles' 32-lane masks:
     # test_warp_allsum_gives_every_lane_the_same_sums)
-    pytest.param(("kq", "c", 3, 1, 1, True), 64, False, id="kq-window-64threads"),
-    pytest.param(("additive", "hc", 4, 2, 2, True), 64, False,
+    pytest.param(("kq", "c", 3, 1, 1, True, False), 64, False, id="kq-window-64threads"),
+    pytest.param(("additive", "hc", 4, 2, 2, True, False), 64, False,
                  id="additive-window-2parts-2blocks-64threads"),
-    pytest.param(("dot", "c", None, 2, 2, True), 64, False,      # rows loaded a round ahead
-                 id="dot-2parts-2blocks-64threads")])
+    pytest.param(("dot", "c", None, 2, 2, True, False), 64, False,   # rows a round ahead
+                 id="dot-2parts-2blocks-64threads"),
+    pytest.param(("dot", "hc", None, 2, 2, True, True), 64, False,
+                 id="dot-2parts-2blocks-split_products-64threads")])
 def test_kernels_have_no_races(monkeypatch, case, threads, shuffles):
     """Every element access of every launch, with the barriers its thread had passed: no
     two accesses that no barrier orders have an outcome that depends on their order (two
@@ -930,8 +950,9 @@ def test_kernels_have_no_races(monkeypatch, case, threads, shuffles):
     dense and compact attention; both warp reduces (with shuffles, the scratch layout a GPU
     gets); one warp and several; scratch in shared and global memory; the split kernel with
     its blocks running at once and meeting at the grid barrier."""
-    score, recurrence, window, parts, blocks, shared = case
+    score, recurrence, window, parts, blocks, shared, products = case
     report, shuffled = _instrumented(monkeypatch, shuffles, blocks)
+    monkeypatch.setattr(_config, "CUDA_SPLIT_PRODUCTS", products)
     be = _be()
     monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", threads)
     if threads > 32:    # several warps: rounds of 2 rows, so that a warp takes several

@@ -232,6 +232,16 @@ def prefetch_rows():
     return choice
 
 
+def split_products():
+    """``_config.CUDA_SPLIT_PRODUCTS``, checked: whether the blocks of a split sequence
+    share out the outputs of ``h_t``'s products (a second grid barrier per step)."""
+    choice = _config.CUDA_SPLIT_PRODUCTS
+    if choice is not True and choice is not False:
+        raise ValueError(f"fastsarnn._config.CUDA_SPLIT_PRODUCTS must be True or False; got "
+                         f"{choice!r}")
+    return choice
+
+
 def block_geometry(H, Ha, D, dtype, shuffles, G):
     """(threads per block, scratch elements, scratch in global memory?) for a model.
 
@@ -307,7 +317,7 @@ _DTYPE_NAMES = {"f": "float32", "d": "float64"}
 
 
 def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, MB=1,
-                     keyed=False, prefetch=False):
+                     keyed=False, prefetch=False, split_products=False):
     """The sequence kernel for a dtype, warp-reduce flavour, scratch placement, G (capped
     by :func:`rows_in_flight`), whether it splits a sequence's positions over several
     blocks (a cooperative kernel), the block
@@ -321,11 +331,13 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, M
     (``kq``, ``additive``), or of those without (``dot``, ``scaled_dot``, ``general``),
     whose attention loop then has no key loads and needs fewer registers, and
     ``prefetch``: whether a warp loads its next round's rows during the current round
-    (:func:`prefetch_rows`)."""
+    (:func:`prefetch_rows`), and ``split_products``: whether the blocks of a split
+    sequence each compute a slice of ``h_t`` (:func:`split_products`; only with
+    ``split``)."""
     # by the arguments as given (a launch's look-up, paid per token by step): equal
     # arguments derive the same key below
     args = (dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, MB, keyed, prefetch,
-            _config.CUDA_ROW_CACHE_WORDS)
+            split_products, _config.CUDA_ROW_CACHE_WORDS)
     kern = _KERNELS_BY_ARGS.get(args)
     if kern is not None:
         return kern
@@ -335,7 +347,7 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, M
     key = (_DTYPE_NAMES[np.dtype(dtype).char], shuffles, global_scratch,
            rows_in_flight(G, HPL, dtype),
            bool(split), nt, HPL, -(-max(int(H), int(Ha)) // W), int(MV), int(MB),
-           bool(keyed), bool(prefetch))
+           bool(keyed), bool(prefetch), bool(split_products) and bool(split))
     with _KERNEL_LOCK:
         kern = _KERNELS.get(key)
         if kern is None:
@@ -347,7 +359,7 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, M
 
 
 def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, HPL, QPL,
-                           MV=None, MB=1, keyed=False, prefetch=False):
+                           MV=None, MB=1, keyed=False, prefetch=False, split_products=False):
     tp = numba.float32 if dtype_name == "float32" else numba.float64
     MV = weights_in_flight(dtype_name) if MV is None else int(MV)
     warp_allsum = _make_warp_allsum(shuffles, G)
@@ -356,6 +368,9 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
     SPLIT = bool(split)
     KEYED = bool(keyed)     # scores with keys (kq, additive): only such models launch it
     PREFETCH = bool(prefetch)   # the next round's rows loaded during this round's reduction
+    # SPLIT only: each block of a sequence computes its own slice of h_t's outputs, and
+    # all read h_t back from the history row after a grid barrier
+    SPLIT_PRODUCTS = bool(split_products) and SPLIT
     W_C = min(int(nt), WARP)
     # the launch bound (not on the simulator, whose jit has no such option): without it the
     # compiler may use more registers per thread than a block of nt threads can have
@@ -463,6 +478,11 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         itself (identical values) before it attends; block 0 alone writes the outputs.
         Partials alternate between two buffers, so the next step's writes never meet a
         block still merging this step's; one barrier per step suffices.
+
+        SPLIT_PRODUCTS: block ``bx`` computes only outputs ``bx * HB .. (bx + 1) * HB - 1``
+        of ``h_t`` (``HB = ceil(H / nbx)``, each with ``NT / HB`` parts) and writes them to
+        the history row of ``p``; after a second grid barrier every block reads the whole
+        row back into ``buf[o_h:o_h+H]``, so all again hold the same ``h_t``.
         """
         tid = cuda.threadIdx.x
         NT = cuda.blockDim.x
@@ -531,7 +551,16 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         # (1)'s terms of h_t: the products' k ranges end to end, W_c c over [0, H), then
         # W_h h over [H, 2H) (recurrence hc), then W_x x_t over the next D (projection
         # inline): KS parts of it per output, ``chunk`` terms each
-        KS = NT // H if H < NT else 1            # parts of the k range, update
+        # the outputs j_lo <= j < j_hi of h_t this block computes: HB of them, all H but
+        # in a split kernel that splits the products (then j_lo may pass H - 1: none)
+        if SPLIT_PRODUCTS:
+            HB = (H + nbx - 1) // nbx
+            j_lo = bx * HB
+        else:
+            HB = H
+            j_lo = 0
+        j_hi = min(H, j_lo + HB)
+        KS = NT // HB if HB < NT else 1          # parts of the k range per output
         o_kh = H                                 # where W_h's terms begin
         o_kx = 2 * H if recurrence == 1 else H   # ... W_x's
         KT = o_kx + D if inline_proj else o_kx
@@ -556,43 +585,53 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                             buf[o_x + k] = x[b, r, k]
                         cuda.syncthreads()      # (1) reads all of x_t
                     # b: loaded now, in flight during (1)
-                    pre = wts[o_b + tid] if tid < H else zero
+                    pre = wts[o_b + j_lo + tid] if j_lo + tid < j_hi else zero
                 else:     # W_x x_t + b, projected: loaded now, in flight during (1)
-                    pre = out_h[b, r, tid] if tid < H else zero
+                    pre = out_h[b, r, j_lo + tid] if j_lo + tid < j_hi else zero
                 # (1) partial g of output j: the terms of h_t's products in
                 # [g * chunk, (g + 1) * chunk) of the k ranges laid end to end
-                for idx in range(tid, KS * H, NT):
-                    g = idx // H
-                    j = idx - g * H
-                    k0 = g * chunk
-                    k1 = min(KT, k0 + chunk)
-                    s = zero
-                    if k0 < o_kh:
-                        s = column_dot(s, wts, o_wc, H, j, buf, o_c, k0, min(k1, o_kh))
-                    if recurrence == 1 and k0 < o_kx and k1 > o_kh:
-                        s = column_dot(s, wts, o_wh, H, j, buf, o_h, max(k0, o_kh) - o_kh,
-                                       min(k1, o_kx) - o_kh)
-                    if inline_proj and k1 > o_kx:
-                        s = column_dot(s, wts, o_wx, H, j, buf, o_x, max(k0, o_kx) - o_kx,
-                                       k1 - o_kx)
-                    buf[o_part + idx] = s
+                for idx in range(tid, KS * HB, NT):
+                    g = idx // HB
+                    j = j_lo + idx - g * HB
+                    if j < j_hi:
+                        k0 = g * chunk
+                        k1 = min(KT, k0 + chunk)
+                        s = zero
+                        if k0 < o_kh:
+                            s = column_dot(s, wts, o_wc, H, j, buf, o_c, k0, min(k1, o_kh))
+                        if recurrence == 1 and k0 < o_kx and k1 > o_kh:
+                            s = column_dot(s, wts, o_wh, H, j, buf, o_h,
+                                           max(k0, o_kh) - o_kh, min(k1, o_kx) - o_kh)
+                        if inline_proj and k1 > o_kx:
+                            s = column_dot(s, wts, o_wx, H, j, buf, o_x,
+                                           max(k0, o_kx) - o_kx, k1 - o_kx)
+                        buf[o_part + idx] = s
                 # one part per output: a thread sums only the partial it stored, and only
                 # W_h h reads h, which the sums below overwrite
                 if KS > 1 or recurrence == 1:
                     cuda.syncthreads()
-                for j in range(tid, H, NT):
+                for j in range(j_lo + tid, j_hi, NT):
+                    jj = j - j_lo
                     if inline_proj:
-                        s = pre if j == tid else wts[o_b + j]
+                        s = pre if jj == tid else wts[o_b + j]
                     else:
-                        s = pre if j == tid else out_h[b, r, j]
+                        s = pre if jj == tid else out_h[b, r, j]
                     for g in range(KS):
-                        s += buf[o_part + g * H + j]
+                        s += buf[o_part + g * HB + jj]
                     hv = math.tanh(s)
-                    buf[o_h + j] = hv
+                    if not SPLIT_PRODUCTS:  # else: read back from the history row below
+                        buf[o_h + j] = hv
                     if not SPLIT:     # SPLIT: after the barrier (others read out_h[b, r])
                         out_h[b, r, j] = hv
                     hist[b, slot, j] = hv
                 cuda.syncthreads()
+            if SPLIT_PRODUCTS:
+                grid_sync()     # every block's slice of h_t is in the history row
+            if r < L:
+                if SPLIT_PRODUCTS:
+                    for j in range(tid, H, NT):
+                        buf[o_h + j] = hist[b, slot, j]
+                    cuda.syncthreads()
                 # (2) query (and key, appended to the key cache)
                 if score >= 2:
                     for idx in range(tid, KQ * kdim, NT):
@@ -1420,7 +1459,7 @@ def _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes, step=False, d
 _PLAN_SETTINGS = operator.attrgetter(
     "CUDA_WARP_SHUFFLES", "CUDA_ROWS_PER_WARP", "CUDA_MATVEC_WORDS", "CUDA_ROW_CACHE_WORDS",
     "CUDA_BLOCK_SIZE", "CUDA_SHARED_BYTES", "CUDA_SPLIT_PARTS", "CUDA_MIN_BLOCKS_PER_SM",
-    "CUDA_PREFETCH_ROWS")
+    "CUDA_PREFETCH_ROWS", "CUDA_SPLIT_PRODUCTS")
 _PLANS = {}
 
 
@@ -1433,10 +1472,10 @@ def _plan_key(p):
 
 
 def _launch_plan(p, key=None):
-    """``(shuffles, G, MV, MB, PF, nt, nscratch, global_scratch)`` of a model under the
+    """``(shuffles, G, MV, MB, PF, SP, nt, nscratch, global_scratch)`` of a model under the
     current settings, checked (:func:`use_shuffles`, :func:`rows_per_warp`,
     :func:`weights_in_flight`, :func:`blocks_per_sm`, :func:`prefetch_rows`,
-    :func:`split_parts`, :func:`block_geometry`).
+    :func:`split_products`, :func:`split_parts`, :func:`block_geometry`).
 
     Made once per model sizes and settings, then a dictionary look-up: ``step`` pays it per
     token. The key (``key``: :func:`_plan_key`, where the caller made it) holds each
@@ -1455,8 +1494,9 @@ def _launch_plan(p, key=None):
         MV = weights_in_flight(p.dtype)
         MB = blocks_per_sm()
         PF = prefetch_rows()
+        SP = split_products()
         split_parts()
-        got = (shuffles, G, MV, MB, PF,
+        got = (shuffles, G, MV, MB, PF, SP,
                *block_geometry(p.H, p.Ha, p.D, p.dtype, shuffles, G))
         if key is not None:
             if len(_PLANS) >= 256:
@@ -1489,7 +1529,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
     B, T, D = d_x.shape
     H = p.H
     plan_key = _plan_key(p)
-    shuffles, G, MV, MB, PF, nt, nscratch, global_scratch = _launch_plan(p, plan_key)
+    shuffles, G, MV, MB, PF, SP, nt, nscratch, global_scratch = _launch_plan(p, plan_key)
     # the sizes every index of the kernels relies on
     if (d_out_h.shape != (B, T, H) or d_out_c.shape != (B, T, H) or D != p.D
             or d_len.shape != (B,) or state.batch_size != B):
@@ -1526,7 +1566,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
 
     def kernel_for(P):
         return _sequence_kernel(p.dtype, shuffles, global_scratch, G, P > 1, H, p.Ha, nt, MV,
-                                MB, keyed, prefetch)
+                                MB, keyed, prefetch, SP and P > 1)
 
     def args_for(P, nbx=1):
         parts = (_workspace(w, "parts", (2, B, P, H + 2), p.dtype) if P > 1
