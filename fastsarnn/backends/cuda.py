@@ -7,12 +7,13 @@ launch (the projection done inside it). Per step the block
 
 1. updates the state: ``h_t = tanh(pre_t + W_c c_{t-1} [+ W_h h_{t-1}])`` (in a step,
    ``tanh(b + W_c c_{t-1} [+ W_h h_{t-1}] + W_x x_t)``), the matrix-vector products split
-   over the block: their terms, laid end to end, form a part per thread ``j`` of part
-   ``g`` (weights stored transposed, so neighbouring threads read neighbouring words; a
-   thread issues ``CUDA_MATVEC_WORDS`` loads of its part before their multiply-adds, so a
-   part costs one round trip to the cache per that many terms); with one part per output
-   (``H`` at least half the block) and no ``W_h h``, a thread adds its own part and no
-   barrier separates the products from ``h_t``;
+   over the block: an output's terms (the products' ``k`` ranges laid end to end) form
+   parts, a thread per output ``j`` and part ``g`` (weights stored transposed, so
+   neighbouring threads read neighbouring words; a thread issues ``CUDA_MATVEC_WORDS``
+   loads of its part before their multiply-adds, so a part costs one round trip to the
+   cache per that many terms); with one part per output (``H`` at least half the block)
+   and no ``W_h h``, a thread adds its own part and no barrier separates the products
+   from ``h_t``;
 2. forms the key and the query (``W_k h_t``, ``W_q h_t``, ``W_s h_t``) the same way;
 3. attends in the FlashDecoding pattern: the attended positions form groups of ``G``,
    warp ``w`` owns groups ``w, w + NW, ...`` (a group per round, its ``G`` rows loaded
@@ -57,8 +58,11 @@ splits each step's attended positions into ``P`` parts, one block each, all in o
 cooperative launch (the FlashDecoding split). Every block of a sequence computes the same
 ``h_t`` and query, reduces its part to a partial ``(acc, m, l)`` in global memory, waits at
 a grid barrier (one per step), and merges all ``P`` partials in the same order; so every
-block holds bitwise the same ``c_t``. On the simulator, which runs cooperative grids of one
-block, one block per sequence takes all ``P`` parts: the same partial and merge code.
+block holds bitwise the same ``c_t``. With ``_config.CUDA_SPLIT_PRODUCTS`` the blocks of a
+sequence instead share out the outputs of ``h_t``'s products and exchange them through the
+history row at a second grid barrier per step. On the simulator, which runs cooperative
+grids of one block, one block per sequence takes all ``P`` parts: the same partial and
+merge code.
 """
 
 import functools
@@ -548,9 +552,6 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
             for k in range(tid + NT, D, NT):
                 buf[o_x + k] = x[b, 0, k]
         cuda.syncthreads()
-        # (1)'s terms of h_t: the products' k ranges end to end, W_c c over [0, H), then
-        # W_h h over [H, 2H) (recurrence hc), then W_x x_t over the next D (projection
-        # inline): KS parts of it per output, ``chunk`` terms each
         # the outputs j_lo <= j < j_hi of h_t this block computes: HB of them, all H but
         # in a split kernel that splits the products (then j_lo may pass H - 1: none)
         if SPLIT_PRODUCTS:
@@ -560,6 +561,9 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
             HB = H
             j_lo = 0
         j_hi = min(H, j_lo + HB)
+        # (1)'s terms of an output: the products' k ranges end to end, W_c c over [0, H),
+        # then W_h h over [H, 2H) (recurrence hc), then W_x x_t over the next D
+        # (projection inline): KS parts of ``chunk`` terms each
         KS = NT // HB if HB < NT else 1          # parts of the k range per output
         o_kh = H                                 # where W_h's terms begin
         o_kx = 2 * H if recurrence == 1 else H   # ... W_x's
