@@ -222,7 +222,7 @@ def main(argv=None):
             grid_sync = "cudaCG" in ptx
             # its call sites: one grid barrier per step, a second where the blocks share
             # out h_t's products
-            grid_calls = len(re.findall(r"^\s*cudaCGSynchronize,\s*$", ptx, re.M))
+            grid_calls = len(re.findall(r"\bcudaCGSynchronize\s*,", ptx))
             # per-lane arrays (scores, slots, accumulator, query) in registers: a float32
             # kernel compiled for its sizes needs no local memory (float64 ones may, past
             # LLVM's unrolling budget: reported)

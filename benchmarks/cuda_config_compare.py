@@ -49,7 +49,13 @@ def parse_setting(text):
         raise argparse.ArgumentTypeError(
             f"settings joined by + need as many values each; got "
             f"{[len(c) for c in columns]} in {text!r}")
-    return tuple(names), list(zip(*columns))
+    variants = list(zip(*columns))
+    # each variant timed once, and told apart from the others (True == 1 in Python)
+    typed = [tuple((type(v), v) for v in variant) for variant in variants]
+    if len(set(typed)) != len(typed) or len(set(variants)) != len(variants):
+        raise argparse.ArgumentTypeError(f"each variant must differ from the others; got "
+                                         f"{[_label(v) for v in variants]} in {text!r}")
+    return tuple(names), variants
 
 
 def _label(variant):
@@ -60,7 +66,8 @@ def _label(variant):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--setting", type=parse_setting, default=parse_setting(DEFAULT_SETTING),
-                    help=f"NAME=V1,V2,... (default {DEFAULT_SETTING})")
+                    help=f"NAME=V1,V2,... or NAME=V1,V2+NAME2=W1,W2 (variants "
+                    f"(V1, W1), (V2, W2)); default {DEFAULT_SETTING}")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--config", action="append", choices=("S", "step", "L", "M", "XL"))
     ap.add_argument("--quick", action="store_true",
@@ -105,29 +112,26 @@ def main(argv=None):
         results, times = {}, {}
         for value in values:
             apply(value)
-            run = suite.runner(cfg, model, x, "cuda")
             try:
+                run = suite.runner(cfg, model, x, "cuda")
                 results[value] = run()[0]             # compiles, warms up
-            except Exception as exc:
-                failures += 1
-                print(f"FAIL {name}: {setting}={_label(value)}: {type(exc).__name__}: {exc}")
-                continue
-            finally:
-                apply(default)
-            plan = be.last_launch()
-            forced = dict(zip(names, value)).get(SPLIT, "auto")
-            if forced != "auto" and plan["parts"] != forced:
-                failures += 1
-                print(f"FAIL {name}: {forced} parts forced, the launch ran {plan['parts']}")
-            apply(value)
-            best = float("inf")
-            try:
+                plan = be.last_launch()
+                best = float("inf")
                 for _ in range(args.repeat):
                     t0 = time.perf_counter()
                     run()
                     best = min(best, time.perf_counter() - t0)
+            except Exception as exc:
+                failures += 1
+                results.pop(value, None)
+                print(f"FAIL {name}: {setting}={_label(value)}: {type(exc).__name__}: {exc}")
+                continue
             finally:
                 apply(default)
+            forced = dict(zip(names, value)).get(SPLIT, "auto")
+            if forced != "auto" and plan["parts"] != forced:
+                failures += 1
+                print(f"FAIL {name}: {forced} parts forced, the launch ran {plan['parts']}")
             times[value] = best
         if len(results) < len(values):
             continue

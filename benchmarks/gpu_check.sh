@@ -167,7 +167,8 @@ PHASES_RC=${PIPESTATUS[0]}
 stopped "$PHASES_RC" && echo "(the variants ran past ${PHASES_LIMIT}s and were stopped)"
 
 SETTINGS_RC=0
-read -ra SETTINGS <<< "${FASTSARNN_GPU_SETTINGS:-}"   # split on spaces, never globbed
+# split on spaces and newlines (a setting per line is fine), never globbed
+read -ra SETTINGS <<< "$(printf '%s' "${FASTSARNN_GPU_SETTINGS:-}" | tr '\n' ' ')"
 for setting in "${SETTINGS[@]}"; do
     CONFIGS=S,M                           # unless configurations follow an @
     [[ $setting == *@?* ]] && CONFIGS=${setting#*@}

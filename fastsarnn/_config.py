@@ -101,8 +101,9 @@ CUDA_SPLIT_MIN_POSITIONS = 256
 #: CUDA, a sequence split over several blocks: whether its blocks share out the outputs of
 #: h_t's matrix-vector products (each block computes H / blocks of them, with as many
 #: more threads on each, and reads the rest back from the history row after a second grid
-#: barrier per step) instead of each computing all of h_t. It cuts the products' round
-#: trips to L2 per step by the blocks per sequence, at a grid barrier's cost. Unmeasured
+#: barrier per step) instead of each computing all of h_t. It divides the products'
+#: dependent round trips to L2 per step by up to the blocks per sequence (down to one),
+#: at a grid barrier's cost. Unmeasured
 #: on a GPU. True or False; compile-time constant of the split kernel, read at launch.
 CUDA_SPLIT_PRODUCTS = False
 #: The same for ``step`` (one token per launch), where a split costs a whole cooperative

@@ -438,12 +438,16 @@ def _forward_then_step_exact(model):
 
 def _project_inside_the_kernel(monkeypatch):
     """Every launch of the sequence kernel projects ``W_x x_t + b`` itself, as a step's
-    does, also in a forward over several steps."""
+    does, also in a forward over several steps (whose outputs past a sequence's length
+    are zeroed first, as the projection kernel zeroes them)."""
     be = _be()
     real = be._launch
 
     def launch_inline(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact,
                       inline, slot=None):
+        if not inline:
+            be._fill_zero(d_out_h)
+            be._fill_zero(d_out_c)
         real(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, True, slot)
     monkeypatch.setattr(be, "_launch", launch_inline)
 
@@ -554,18 +558,20 @@ def test_split_over_blocks_matches_the_reference(monkeypatch, score, recurrence,
     _stream_matches_numpy(model, parts, 1 if _be().SIMULATOR else parts)
 
 
-@pytest.mark.parametrize("score,recurrence,window,parts,blocks,shared,products", [
-    ("dot", "c", None, 2, 2, True, False), ("kq", "hc", 3, 3, 2, True, False),
-    ("additive", "c", 4, 3, 3, False, False), ("dot", "c", None, 2, 2, True, True),
-    ("kq", "hc", 3, 3, 2, True, True), ("additive", "c", 4, 3, 3, False, True),
-    ("scaled_dot", "hc", None, 7, 7, True, True)])
+@pytest.mark.parametrize("score,recurrence,window,parts,blocks,shared,products,H", [
+    ("dot", "c", None, 2, 2, True, False, 6), ("kq", "hc", 3, 3, 2, True, False, 6),
+    ("additive", "c", 4, 3, 3, False, False, 6), ("dot", "c", None, 2, 2, True, True, 6),
+    ("kq", "hc", 3, 3, 2, True, True, 6), ("additive", "c", 4, 3, 3, False, True, 6),
+    ("scaled_dot", "hc", None, 7, 7, True, True, 6),
+    ("general", "hc", None, 2, 2, True, True, 10)])
 def test_split_blocks_running_concurrently(monkeypatch, score, recurrence, window, parts,
-                                           blocks, shared, products):
+                                           blocks, shared, products, H):
     """Several blocks per sequence, all running at once and meeting at a real grid barrier
     (the simulator patched by tests/_cuda_blocks.py): blocks that share parts, partials
     exchanged through global memory, per-block scratch in shared or global memory; with
     CUDA_SPLIT_PRODUCTS, each block's slice of h_t exchanged through the history row (7
-    blocks for H = 6: one computes none)."""
+    blocks for H = 6: one computes none; 2 for H = 10: a thread of a 4-thread block
+    computes two outputs of its block's 5)."""
     be = _be()
     if not be.SIMULATOR:
         pytest.skip("simulator harness; on a GPU test_split_over_blocks_matches_the_"
@@ -576,7 +582,7 @@ def test_split_blocks_running_concurrently(monkeypatch, score, recurrence, windo
     monkeypatch.setattr(_config, "CUDA_SPLIT_PRODUCTS", products)
     if not shared:
         monkeypatch.setattr(_config, "CUDA_SHARED_BYTES", 0)
-    model = make_model(score=score, recurrence=recurrence, window=window, D=5, H=6, Ha=4)
+    model = make_model(score=score, recurrence=recurrence, window=window, D=5, H=H, Ha=4)
     _stream_matches_numpy(model, parts, blocks)
     assert be.last_launch()["global_scratch"] == (not shared)
     # the 9 steps of the stream's split launches: a grid barrier each, two when the blocks
@@ -972,17 +978,23 @@ def test_kernels_have_no_races(monkeypatch, case, threads, shuffles):
     assert (shuffled["calls"] > 0) == shuffles
 
 
-@pytest.mark.parametrize("recurrence,threads", [("c", 4), ("c", 64), ("hc", 64)])
-def test_the_projection_inside_the_kernel_has_no_races(monkeypatch, recurrence, threads):
+@pytest.mark.parametrize("recurrence,threads,blocks", [
+    ("c", 4, 1), ("c", 64, 1), ("hc", 64, 1), ("c", 4, 2), ("hc", 4, 2)])
+def test_the_projection_inside_the_kernel_has_no_races(monkeypatch, recurrence, threads,
+                                                       blocks):
     """Forwards over several steps with the kernel's own projection: each later step's
     ``x_t`` is stored to the scratch by some threads and read by the products of others
-    (one part per output with 4 threads, several with 64)."""
-    report, _ = _instrumented(monkeypatch, False, 1)
+    (one part per output with 4 threads, several with 64); on 2 blocks per sequence
+    running at once, which share out h_t's products (CUDA_SPLIT_PRODUCTS)."""
+    report, _ = _instrumented(monkeypatch, False, blocks)
     monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", threads)
     _project_inside_the_kernel(monkeypatch)
+    if blocks > 1:
+        monkeypatch.setattr(_be(), "_split_plan", lambda *args, **kw: (blocks, blocks))
+        monkeypatch.setattr(_config, "CUDA_SPLIT_PRODUCTS", True)
     model = make_model(score="dot", recurrence=recurrence, D=5, H=6)
     try:
-        _stream_matches_numpy(model)
+        _stream_matches_numpy(model, blocks, blocks)
     finally:
         assert not report.races, "\n".join(report.races)
     assert report.launches >= 4 and report.accesses > 1000, vars(report)

@@ -11,7 +11,7 @@ launch (the projection done inside it). Per step the block
    parts, a thread per output ``j`` and part ``g`` (weights stored transposed, so
    neighbouring threads read neighbouring words; a thread issues ``CUDA_MATVEC_WORDS``
    loads of its part before their multiply-adds, so a part costs one round trip to the
-   cache per that many terms); with one part per output (``H`` at least half the block)
+   cache per that many terms); with one part per output (``H`` more than half the block)
    and no ``W_h h``, a thread adds its own part and no barrier separates the products
    from ``h_t``;
 2. forms the key and the query (``W_k h_t``, ``W_q h_t``, ``W_s h_t``) the same way;
@@ -484,7 +484,8 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         block still merging this step's; one barrier per step suffices.
 
         SPLIT_PRODUCTS: block ``bx`` computes only outputs ``bx * HB .. (bx + 1) * HB - 1``
-        of ``h_t`` (``HB = ceil(H / nbx)``, each with ``NT / HB`` parts) and writes them to
+        of ``h_t`` (``HB = ceil(H / nbx)``, each with ``NT // HB`` parts, 1 where
+        ``HB >= NT``) and writes them to
         the history row of ``p``; after a second grid barrier every block reads the whole
         row back into ``buf[o_h:o_h+H]``, so all again hold the same ``h_t``.
         """
