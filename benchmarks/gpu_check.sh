@@ -7,6 +7,8 @@
 #      (c left out where the C backend was not built), configurations S, M, L, step, then
 #      XL in a second run (its float64 NumPy reference alone takes about a minute), each
 #      with the runners' untimed first run (compilation, graph capture);
+#   2b. benchmarks/cuda_cold_start.py: a fresh process's first forward (S) with Numba's
+#      on-disk kernel cache off, on and empty, on and filled (CUDA_DISK_CACHE);
 #   3. benchmarks/cuda_config_compare.py: S, step, M with a sequence split over 1, 2, 4, 8,
 #      16 blocks and "auto" (checked against the float64 reference, then timed);
 #   4. benchmarks/cuda_step_profile.py: where a token of model.step spends its time;
@@ -37,8 +39,8 @@
 # FASTSARNN_GPU_WORKERS (pytest-xdist processes for the suites where xdist is installed,
 # default 12; kernels compile per process, so tests run side by side);
 # FASTSARNN_GPU_SETTINGS (part 5); FASTSARNN_GPU_TESTS_S, _BENCH_S, _XL_S, _SPLIT_S,
-# _PROFILE_S, _PHASES_S, _SETTINGS_S (each setting), _BASELINE_S (each part's time limit,
-# seconds).
+# _PROFILE_S, _PHASES_S, _SETTINGS_S (each setting), _BASELINE_S, _COLD_S (each part's time
+# limit, seconds).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
@@ -50,6 +52,7 @@ PROFILE_LIMIT=${FASTSARNN_GPU_PROFILE_S:-30}
 PHASES_LIMIT=${FASTSARNN_GPU_PHASES_S:-90}
 BASELINE_LIMIT=${FASTSARNN_GPU_BASELINE_S:-90}
 SETTINGS_LIMIT=${FASTSARNN_GPU_SETTINGS_S:-60}
+COLD_LIMIT=${FASTSARNN_GPU_COLD_S:-90}
 
 if [ "${1:-}" = "fetch" ]; then   # wheels for CPython 3.12 on x86-64 Linux
     cd "$ROOT"
@@ -147,6 +150,12 @@ for part in "S M L step:$BENCH_LIMIT:gpu_bench" "XL:$XL_LIMIT:gpu_bench_xl"; do
     first_runs "$LOGS/$NAME.json"
 done
 
+echo "=== a fresh process's first forward, compiled or from the disk cache, limit ${COLD_LIMIT}s"
+timeout -k 10 "$COLD_LIMIT" "$PY" "$ROOT/benchmarks/cuda_cold_start.py" 2>&1 \
+    | tee "$LOGS/cold_start.log"
+COLD_RC=${PIPESTATUS[0]}
+stopped "$COLD_RC" && echo "(the cold starts ran past ${COLD_LIMIT}s and were stopped)"
+
 echo "=== one sequence over several blocks (CUDA_SPLIT_PARTS), limit ${SPLIT_LIMIT}s"
 timeout -k 10 "$SPLIT_LIMIT" "$PY" "$ROOT/benchmarks/cuda_config_compare.py" --repeat 2 \
     --config S --config step --config M 2>&1 \
@@ -208,8 +217,9 @@ if [ -f "$ROOT/.baseline/pyproject.toml" ]; then
 fi
 
 echo "=== done in $(( $(date +%s) - START ))s: suites exit $TESTS_RC, bench exit $BENCH_RC," \
-     "split comparison exit $SPLIT_RC, step profile exit $PROFILE_RC," \
+     "cold start exit $COLD_RC, split comparison exit $SPLIT_RC, step profile exit $PROFILE_RC," \
      "phase costs exit $PHASES_RC, settings exit $SETTINGS_RC, baseline comparison exit" \
      "$BASELINE_RC; logs in $LOGS"
-[ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ] && [ "$SPLIT_RC" = 0 ] && [ "$PROFILE_RC" = 0 ] \
+[ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ] && [ "$COLD_RC" = 0 ] && [ "$SPLIT_RC" = 0 ] \
+    && [ "$PROFILE_RC" = 0 ] \
     && [ "$PHASES_RC" = 0 ] && [ "$SETTINGS_RC" = 0 ] && [ "$BASELINE_RC" = 0 ]

@@ -106,6 +106,13 @@ CUDA_SPLIT_MIN_POSITIONS = 256
 #: at a grid barrier's cost. Unmeasured
 #: on a GPU. True or False; compile-time constant of the split kernel, read at launch.
 CUDA_SPLIT_PRODUCTS = False
+#: CUDA: keep compiled sequence kernels in Numba's on-disk cache (numba-cuda's
+#: ``cache=True``: the ``__pycache__`` beside fastsarnn's sources, or NUMBA_CACHE_DIR), so a
+#: new process loads a kernel it compiled before (seconds per kernel variant otherwise).
+#: An entry is keyed by the kernel's code, its compile-time constants and the GPU's compute
+#: capability, and dropped when the source file changes. True or False; read when a
+#: process first builds a kernel variant.
+CUDA_DISK_CACHE = True
 #: The same for ``step`` (one token per launch), where a split costs a whole cooperative
 #: launch and grid barrier per token: measured on an H200 (docs/BENCHMARKS.md), the step
 #: configuration (1024 positions) ran 103 ms on one block and 116-134 ms split, while one

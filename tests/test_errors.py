@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastsarnn as fs
-from _helpers import make_model, make_x, max_err
+from _helpers import make_model, make_x, max_err, tol
 
 D, H = 4, 6
 
@@ -393,8 +393,12 @@ def test_float64_input_to_a_float32_model_is_cast_silently_as_documented(backend
         got = m.forward(x, backend=backend)
         h, _ = m.step(x[:, 0], m.init_state(2), backend=backend)
     want = m.forward(np.asarray(x, dtype=np.float32), backend=backend)
+    want_h, _ = m.step(np.asarray(x[:, 0], dtype=np.float32), m.init_state(2), backend=backend)
     assert got.h.dtype == np.float32 and np.array_equal(got.h, want.h)
-    assert np.array_equal(h, want.h[:, 0])
+    # a step equals a forward's step within the tolerance (SPEC), not always bit for bit:
+    # a kernel may add a step's terms in another order (the cuda step projects x_t itself)
+    assert h.dtype == np.float32 and np.array_equal(h, want_h)
+    assert max_err(h, want.h[:, 0]) <= tol(m)
     assert "cast silently" in fs.SelfAttentionRNN.forward.__doc__
     assert "cast silently" in fs.SelfAttentionRNN.step.__doc__
 

@@ -246,6 +246,16 @@ def split_products():
     return choice
 
 
+def disk_cache():
+    """``_config.CUDA_DISK_CACHE``, checked: whether compiled sequence kernels go to
+    Numba's on-disk cache."""
+    choice = _config.CUDA_DISK_CACHE
+    if choice is not True and choice is not False:
+        raise ValueError(f"fastsarnn._config.CUDA_DISK_CACHE must be True or False; got "
+                         f"{choice!r}")
+    return choice
+
+
 def block_geometry(H, Ha, D, dtype, shuffles, G):
     """(threads per block, scratch elements, scratch in global memory?) for a model.
 
@@ -337,11 +347,12 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, M
     ``prefetch``: whether a warp loads its next round's rows during the current round
     (:func:`prefetch_rows`), and ``split_products``: whether the blocks of a split
     sequence each compute a slice of ``h_t`` (:func:`split_products`; only with
-    ``split``)."""
+    ``split``); whether it goes to Numba's on-disk cache is read from
+    ``_config.CUDA_DISK_CACHE`` (:func:`disk_cache`) when it is built."""
     # by the arguments as given (a launch's look-up, paid per token by step): equal
     # arguments derive the same key below
     args = (dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, MB, keyed, prefetch,
-            split_products, _config.CUDA_ROW_CACHE_WORDS)
+            split_products, _config.CUDA_ROW_CACHE_WORDS, _config.CUDA_DISK_CACHE)
     kern = _KERNELS_BY_ARGS.get(args)
     if kern is not None:
         return kern
@@ -351,7 +362,8 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, M
     key = (_DTYPE_NAMES[np.dtype(dtype).char], shuffles, global_scratch,
            rows_in_flight(G, HPL, dtype),
            bool(split), nt, HPL, -(-max(int(H), int(Ha)) // W), int(MV), int(MB),
-           bool(keyed), bool(prefetch), bool(split_products) and bool(split))
+           bool(keyed), bool(prefetch), bool(split_products) and bool(split),
+           disk_cache())
     with _KERNEL_LOCK:
         kern = _KERNELS.get(key)
         if kern is None:
@@ -363,7 +375,8 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, M
 
 
 def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, HPL, QPL,
-                           MV=None, MB=1, keyed=False, prefetch=False, split_products=False):
+                           MV=None, MB=1, keyed=False, prefetch=False, split_products=False,
+                           cache=False):
     tp = numba.float32 if dtype_name == "float32" else numba.float64
     MV = weights_in_flight(dtype_name) if MV is None else int(MV)
     warp_allsum = _make_warp_allsum(shuffles, G)
@@ -381,6 +394,8 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
     # (65536 per block), and the launch fails; with MB > 1 blocks per SM, a tighter cap
     bound = int(nt) if int(MB) == 1 else (int(nt), int(MB))
     kernel_options = {} if SIMULATOR else {"launch_bounds": bound}
+    if cache and not SIMULATOR:     # numba-cuda's on-disk cache (the simulator has none)
+        kernel_options["cache"] = True
     HPL = int(HPL)      # a lane's dimensions of h (lane + k*W, k < HPL): HPL*W >= H
     QPL = int(QPL)      # ... of the query (H or Ha): QPL*W >= max(H, Ha)
     ROWS = G * HPL      # a lane's share of the G history rows a warp holds per round
@@ -1464,7 +1479,7 @@ def _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes, step=False, d
 _PLAN_SETTINGS = operator.attrgetter(
     "CUDA_WARP_SHUFFLES", "CUDA_ROWS_PER_WARP", "CUDA_MATVEC_WORDS", "CUDA_ROW_CACHE_WORDS",
     "CUDA_BLOCK_SIZE", "CUDA_SHARED_BYTES", "CUDA_SPLIT_PARTS", "CUDA_MIN_BLOCKS_PER_SM",
-    "CUDA_PREFETCH_ROWS", "CUDA_SPLIT_PRODUCTS")
+    "CUDA_PREFETCH_ROWS", "CUDA_SPLIT_PRODUCTS", "CUDA_DISK_CACHE")
 _PLANS = {}
 
 
@@ -1480,7 +1495,8 @@ def _launch_plan(p, key=None):
     """``(shuffles, G, MV, MB, PF, SP, nt, nscratch, global_scratch)`` of a model under the
     current settings, checked (:func:`use_shuffles`, :func:`rows_per_warp`,
     :func:`weights_in_flight`, :func:`blocks_per_sm`, :func:`prefetch_rows`,
-    :func:`split_products`, :func:`split_parts`, :func:`block_geometry`).
+    :func:`split_products`, :func:`disk_cache`, :func:`split_parts`,
+    :func:`block_geometry`).
 
     Made once per model sizes and settings, then a dictionary look-up: ``step`` pays it per
     token. The key (``key``: :func:`_plan_key`, where the caller made it) holds each
@@ -1500,6 +1516,7 @@ def _launch_plan(p, key=None):
         MB = blocks_per_sm()
         PF = prefetch_rows()
         SP = split_products()
+        disk_cache()
         split_parts()
         got = (shuffles, G, MV, MB, PF, SP,
                *block_geometry(p.H, p.Ha, p.D, p.dtype, shuffles, G))
