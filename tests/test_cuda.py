@@ -363,6 +363,32 @@ def test_rows_capped_by_the_registers_for_them(monkeypatch, dtype, rows):
         assert max_err(out.attention, ref.attention) <= tol(model)
 
 
+def test_each_kernel_variant_has_its_own_disk_cache_key():
+    """numba-cuda's on-disk cache (CUDA_DISK_CACHE) keys an entry by the kernel's code and
+    its closure's values, not by its options: two variants of the sequence kernel, the
+    launch bound's block size or blocks per SM included, must get different keys (else a
+    process would load the other variant's compiled code), and one variant built twice
+    the same key (else the cache would never hit)."""
+    import types
+    from numba.cuda.core.caching import Cache
+    be = _be()
+    codegen = types.SimpleNamespace(magic_tuple=lambda: ("sm_90",))
+    base = dict(dtype_name="float32", shuffles=True, global_scratch=False, G=8, split=False,
+                nt=256, HPL=4, QPL=4, MV=16, MB=1, keyed=False, prefetch=True,
+                split_products=False)
+
+    def key(**changes):
+        kern = be._build_sequence_kernel(**dict(base, **changes))
+        return Cache._index_key(types.SimpleNamespace(_py_func=kern.py_func), (), codegen)
+
+    assert key() == key()
+    keys = [key(), key(MB=2), key(nt=512), key(nt=64), key(dtype_name="float64"),
+            key(shuffles=False), key(global_scratch=True), key(G=4), key(split=True),
+            key(split=True, split_products=True), key(HPL=8), key(QPL=8), key(MV=8),
+            key(keyed=True), key(prefetch=False)]
+    assert len(set(keys)) == len(keys)
+
+
 def test_blocks_per_sm_is_compiled_into_the_kernel(monkeypatch):
     """CUDA_MIN_BLOCKS_PER_SM = 2 builds a kernel of its own, whose launch bound (on a
     GPU; the simulator has none) asks for two blocks per SM, and which loads a round's

@@ -396,6 +396,11 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
     kernel_options = {} if SIMULATOR else {"launch_bounds": bound}
     if cache and not SIMULATOR:     # numba-cuda's on-disk cache (the simulator has none)
         kernel_options["cache"] = True
+    # The launch bound's figures, read by the kernel below only so that they are among the
+    # values of its closure: numba-cuda's on-disk cache keys an entry by the kernel's code,
+    # its closure's values and the signature, not by its options, so kernels built for two
+    # bounds (block sizes, blocks per SM) with equal closures would share an entry.
+    LAUNCH_BOUND = (int(nt), int(MB))
     HPL = int(HPL)      # a lane's dimensions of h (lane + k*W, k < HPL): HPL*W >= H
     QPL = int(QPL)      # ... of the query (H or Ha): QPL*W >= max(H, Ha)
     ROWS = G * HPL      # a lane's share of the G history rows a warp holds per round
@@ -862,6 +867,8 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         def sequence_kernel(wts, D, H, Ha, score, recurrence,
                             window, inline_proj, x, lengths, hist, keys, hs, cs, positions,
                             out_h, out_c, attn, want_attn, compact, parts, P, scratch):
+            if LAUNCH_BOUND[0] < 1:    # never: ties the kernel's cache entry to its bound
+                return
             b, bx, nbx = block_coords()
             # the grid is exactly (nbx, B) when SPLIT: every block reaches the grid barrier
             if b < x.shape[0]:
@@ -874,6 +881,8 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         def sequence_kernel(wts, D, H, Ha, score, recurrence,
                             window, inline_proj, x, lengths, hist, keys, hs, cs, positions,
                             out_h, out_c, attn, want_attn, compact, parts, P, scratch):
+            if LAUNCH_BOUND[0] < 1:    # never: ties the kernel's cache entry to its bound
+                return
             b, bx, nbx = block_coords()
             buf = cuda.shared.array(0, tp)
             # the grid is exactly (nbx, B) when SPLIT: every block reaches the grid barrier
