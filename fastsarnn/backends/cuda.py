@@ -226,34 +226,30 @@ def blocks_per_sm():
     return mb
 
 
+def _flag(name):
+    """``_config.<name>``, checked to be True or False (not merely truthy)."""
+    choice = getattr(_config, name)
+    if choice is not True and choice is not False:
+        raise ValueError(f"fastsarnn._config.{name} must be True or False; got {choice!r}")
+    return choice
+
+
 def prefetch_rows():
     """``_config.CUDA_PREFETCH_ROWS``, checked: whether a warp loads its next round's
     history rows before it reduces the current round."""
-    choice = _config.CUDA_PREFETCH_ROWS
-    if choice is not True and choice is not False:
-        raise ValueError(f"fastsarnn._config.CUDA_PREFETCH_ROWS must be True or False; got "
-                         f"{choice!r}")
-    return choice
+    return _flag("CUDA_PREFETCH_ROWS")
 
 
 def split_products():
     """``_config.CUDA_SPLIT_PRODUCTS``, checked: whether the blocks of a split sequence
     share out the outputs of ``h_t``'s products (a second grid barrier per step)."""
-    choice = _config.CUDA_SPLIT_PRODUCTS
-    if choice is not True and choice is not False:
-        raise ValueError(f"fastsarnn._config.CUDA_SPLIT_PRODUCTS must be True or False; got "
-                         f"{choice!r}")
-    return choice
+    return _flag("CUDA_SPLIT_PRODUCTS")
 
 
 def disk_cache():
     """``_config.CUDA_DISK_CACHE``, checked: whether compiled sequence kernels go to
     Numba's on-disk cache."""
-    choice = _config.CUDA_DISK_CACHE
-    if choice is not True and choice is not False:
-        raise ValueError(f"fastsarnn._config.CUDA_DISK_CACHE must be True or False; got "
-                         f"{choice!r}")
-    return choice
+    return _flag("CUDA_DISK_CACHE")
 
 
 def block_geometry(H, Ha, D, dtype, shuffles, G):
