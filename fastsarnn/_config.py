@@ -110,9 +110,10 @@ CUDA_SPLIT_PRODUCTS = False
 #: ``cache=True``: the ``__pycache__`` beside fastsarnn's sources, or NUMBA_CACHE_DIR), so a
 #: new process loads a kernel it compiled before (seconds per kernel variant otherwise).
 #: An entry is keyed by the kernel's code, its compile-time constants and the GPU's compute
-#: capability, and dropped when the source file changes. True or False; read when a
-#: process first builds a kernel variant.
-CUDA_DISK_CACHE = True
+#: capability, and dropped when the source file changes. Off until a GPU run confirms that
+#: cached kernels load and launch (benchmarks/cuda_cold_start.py; the simulator has no
+#: cache). True or False; read when a process first builds a kernel variant.
+CUDA_DISK_CACHE = False
 #: The same for ``step`` (one token per launch), where a split costs a whole cooperative
 #: launch and grid barrier per token: measured on an H200 (docs/BENCHMARKS.md), the step
 #: configuration (1024 positions) ran 103 ms on one block and 116-134 ms split, while one

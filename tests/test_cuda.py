@@ -353,7 +353,7 @@ def test_rows_capped_by_the_registers_for_them(monkeypatch, dtype, rows):
     capped = be._sequence_kernel(*kernel_args)
     assert capped is not wide
     assert capped is be._KERNELS[(dtype, False, False, rows, False, 4, 2, 2, 16, 1, False,
-                                  False, False, True)]
+                                  False, False, False)]
     for score, window in (("dot", None), ("kq", 3), ("additive", None)):
         model = make_model(score=score, window=window, dtype=dtype, D=5, H=8, Ha=5)
         x = make_x(2, 7, 5)
@@ -787,7 +787,7 @@ def test_bad_config_is_refused(monkeypatch):
         monkeypatch.setattr(_config, "CUDA_DISK_CACHE", cache)
         with pytest.raises(ValueError, match="DISK_CACHE"):
             model.forward(make_x(1, 2, 5), state=st, backend="cuda")
-    monkeypatch.setattr(_config, "CUDA_DISK_CACHE", True)
+    monkeypatch.setattr(_config, "CUDA_DISK_CACHE", False)
     monkeypatch.setattr(_config, "CUDA_WARP_SHUFFLES", "sometimes")
     with pytest.raises(ValueError, match="WARP_SHUFFLES"):
         model.forward(make_x(1, 2, 5), state=st, backend="cuda")
