@@ -98,13 +98,19 @@ CUDA_PREFETCH_ROWS = True
 #: two per sequence fit, there is no split). Read at launch.
 CUDA_SPLIT_PARTS = "auto"
 CUDA_SPLIT_MIN_POSITIONS = 256
+#: The same for ``step`` (one token per launch), where a split costs a whole cooperative
+#: launch and grid barrier per token: measured on an H200 (docs/BENCHMARKS.md), the step
+#: configuration (1024 positions) ran 103 ms on one block and 116-134 ms split, while one
+#: block attended about 25 positions per microsecond; 1024 per part splits a step from
+#: 2048 attended positions on (not measured that far).
+CUDA_SPLIT_STEP_MIN_POSITIONS = 1024
 #: CUDA, a sequence split over several blocks: whether its blocks share out the outputs of
 #: h_t's matrix-vector products (each block computes H / blocks of them, with as many
 #: more threads on each, and reads the rest back from the history row after a second grid
 #: barrier per step) instead of each computing all of h_t. It divides the products'
 #: dependent round trips to L2 per step by up to the blocks per sequence (down to one),
-#: at a grid barrier's cost. Unmeasured
-#: on a GPU. True or False; compile-time constant of the split kernel, read at launch.
+#: at a grid barrier's cost. Unmeasured on a GPU. True or False; compile-time constant of
+#: the split kernel, read at launch.
 CUDA_SPLIT_PRODUCTS = False
 #: CUDA: keep compiled sequence kernels in Numba's on-disk cache (numba-cuda's
 #: ``cache=True``: the ``__pycache__`` beside fastsarnn's sources, or NUMBA_CACHE_DIR), so a
@@ -114,12 +120,6 @@ CUDA_SPLIT_PRODUCTS = False
 #: cached kernels load and launch (benchmarks/cuda_cold_start.py; the simulator has no
 #: cache). True or False; read when a process first builds a kernel variant.
 CUDA_DISK_CACHE = False
-#: The same for ``step`` (one token per launch), where a split costs a whole cooperative
-#: launch and grid barrier per token: measured on an H200 (docs/BENCHMARKS.md), the step
-#: configuration (1024 positions) ran 103 ms on one block and 116-134 ms split, while one
-#: block attended about 25 positions per microsecond; 1024 per part splits a step from
-#: 2048 attended positions on (not measured that far).
-CUDA_SPLIT_STEP_MIN_POSITIONS = 1024
 #: Shared memory a block of the sequence kernel may use (bytes; 48 KiB needs no opt-in).
 #: Wider models first get smaller blocks, then a global-memory scratch. Read at launch.
 CUDA_SHARED_BYTES = 48 * 1024
