@@ -501,9 +501,9 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
 
         SPLIT_PRODUCTS: block ``bx`` computes only outputs ``bx * HB .. (bx + 1) * HB - 1``
         of ``h_t`` (``HB = ceil(H / nbx)``, each with ``NT // HB`` parts, 1 where
-        ``HB >= NT``) and writes them to
-        the history row of ``p``; after a second grid barrier every block reads the whole
-        row back into ``buf[o_h:o_h+H]``, so all again hold the same ``h_t``.
+        ``HB >= NT``) and writes them to the history row of ``p``; after a second grid
+        barrier every block reads the whole row back into ``buf[o_h:o_h+H]``, so all
+        again hold the same ``h_t``.
         """
         tid = cuda.threadIdx.x
         NT = cuda.blockDim.x
