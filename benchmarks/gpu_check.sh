@@ -1,30 +1,35 @@
 #!/usr/bin/env bash
-# One-command GPU check of the "cuda" backend (issue 13), on a machine with an NVIDIA GPU:
-#   1. the CUDA parity, error and hardening suites at the production block size
-#      (FASTSARNN_TEST_CUDA_BLOCK = fastsarnn._config.CUDA_BLOCK_SIZE, unless
-#      FASTSARNN_GPU_BLOCK says otherwise), with their slowest tests;
-#   2. fastsarnn bench with the GPU peers: --backends cuda,torch-cuda,torch-cuda-graph,c
-#      (c left out where the C backend was not built), configurations S, M, L, step, then
-#      XL in a second run (its float64 NumPy reference alone takes about a minute), each
-#      with the runners' untimed first run (compilation, graph capture);
-#   2b. benchmarks/cuda_cold_start.py: a fresh process's first forward (S) with Numba's
-#      on-disk kernel cache off, on and empty, on and filled (CUDA_DISK_CACHE);
-#   3. benchmarks/cuda_config_compare.py: S, step, M with a sequence split over 1, 2, 4, 8,
-#      16 blocks and "auto" (checked against the float64 reference, then timed);
-#   4. benchmarks/cuda_step_profile.py: where a token of model.step spends its time;
-#      benchmarks/cuda_phase_costs.py: what a kernel step's fixed part, its attention,
-#      one more matrix-vector product and a token of step cost, on S and M;
-#   5. each setting named in FASTSARNN_GPU_SETTINGS (space-separated NAME=V1,V2,..., for
-#      example "CUDA_MATVEC_WORDS=8,16,32 CUDA_ROWS_PER_WARP=4,8"; none by default)
-#      compared on S and M, or on the configurations named after an @ (for example
-#      CUDA_MIN_BLOCKS_PER_SM=1,2@XL or CUDA_MATVEC_WORDS=8,16@S,M,XL), by
-#      benchmarks/cuda_config_compare.py;
-#   6. where .baseline/ holds another revision's source tree (`bash benchmarks/gpu_check.sh
-#      baseline REV` makes it, where git is), that revision and this one timed in turn on
-#      S, M and step by benchmarks/cuda_config_compare.py (each checked against the
-#      float64 reference first): a before/after on one GPU, in one call.
+# One-command GPU check of the "cuda" backend (issue 13), on a machine with an NVIDIA GPU.
+# Its parts, in the order they run by default (FASTSARNN_GPU_PARTS names some of them, in
+# the order given):
+#   suites    the CUDA parity, error and hardening suites at the production block size
+#             (FASTSARNN_TEST_CUDA_BLOCK = fastsarnn._config.CUDA_BLOCK_SIZE, unless
+#             FASTSARNN_GPU_BLOCK says otherwise), with their slowest tests;
+#   bench     fastsarnn bench with the GPU peers: --backends cuda,torch-cuda,
+#             torch-cuda-graph,c (c left out where the C backend was not built) on S, M, L,
+#             step, with the runners' untimed first run (compilation, graph capture);
+#   xl        the same on XL (its float64 NumPy reference alone takes about a minute);
+#   phases    benchmarks/cuda_phase_costs.py: what a kernel step's fixed part, its
+#             attention, one more matrix-vector product and a token of step cost;
+#   settings  each setting named in FASTSARNN_GPU_SETTINGS (space- or newline-separated
+#             NAME=V1,V2,..., for example "CUDA_MATVEC_WORDS=8,16,32 CUDA_ROWS_PER_WARP=4,8";
+#             none by default) compared on S and M, or on the configurations named after
+#             an @ (CUDA_MIN_BLOCKS_PER_SM=1,2@XL), by benchmarks/cuda_config_compare.py;
+#   cold      benchmarks/cuda_cold_start.py: a fresh process's first forward (S) with
+#             Numba's on-disk kernel cache off, on and empty, on and filled;
+#   baseline  where .baseline/ holds another revision's source tree (`bash
+#             benchmarks/gpu_check.sh baseline REV` makes it, where git is), that revision
+#             and this one timed in turn on S, M and step (each checked against the float64
+#             reference first): a before/after on one GPU, in one call;
+#   split     benchmarks/cuda_config_compare.py: S, step, M with a sequence split over 1,
+#             2, 4, 8, 16 blocks and "auto";
+#   profile   benchmarks/cuda_step_profile.py: where a token of model.step spends its time.
 # It prints the suites' summary lines and the bench tables, installs nothing from the
-# network, and each part has its own time limit (about 5 minutes in all on an H200).
+# network, and gives each part its own time limit within one limit for all of them
+# (FASTSARNN_GPU_TOTAL_S, 540 s, under a 600 s call): a part that would start with less
+# than FASTSARNN_GPU_MIN_PART_S (15 s) left is skipped, and the last line names the parts
+# that ran, their exit codes, and those skipped for time. Exit 0 where every part that
+# ran passed.
 #
 # Usage, from the repository root:
 #   bash benchmarks/gpu_check.sh          # on the GPU machine (python3 must have numba,
@@ -33,14 +38,16 @@
 #                                         # the GPU machine lacks (cffi, for the C backend)
 #                                         # into .whl/, to carry along
 #   bash benchmarks/gpu_check.sh baseline REV   # where git is: REV's tree into .baseline/
-#                                               # (git-ignored), to carry along for part 6
+#                                               # (git-ignored), to carry along
 # Environment: PYTHON (default python3); OUT (if set, the bench JSON and logs go there);
+# FASTSARNN_GPU_PARTS (the parts above, space-separated, in the order to run them);
 # FASTSARNN_GPU_BLOCK (the suites' block size, default _config.CUDA_BLOCK_SIZE);
 # FASTSARNN_GPU_WORKERS (pytest-xdist processes for the suites where xdist is installed,
 # default 12; kernels compile per process, so tests run side by side);
-# FASTSARNN_GPU_SETTINGS (part 5); FASTSARNN_GPU_TESTS_S, _BENCH_S, _XL_S, _SPLIT_S,
-# _PROFILE_S, _PHASES_S, _SETTINGS_S (each setting), _BASELINE_S, _COLD_S (each part's time
-# limit, seconds).
+# FASTSARNN_GPU_SETTINGS (part settings); FASTSARNN_GPU_TOTAL_S, _MIN_PART_S (above);
+# FASTSARNN_GPU_BASELINE_DIR (part baseline's tree, default .baseline);
+# FASTSARNN_GPU_TESTS_S, _BENCH_S, _XL_S, _PHASES_S, _SETTINGS_S (each setting), _COLD_S,
+# _BASELINE_S (each tree), _SPLIT_S, _PROFILE_S (each part's own limit, seconds).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
@@ -53,6 +60,9 @@ PHASES_LIMIT=${FASTSARNN_GPU_PHASES_S:-90}
 BASELINE_LIMIT=${FASTSARNN_GPU_BASELINE_S:-90}
 SETTINGS_LIMIT=${FASTSARNN_GPU_SETTINGS_S:-60}
 COLD_LIMIT=${FASTSARNN_GPU_COLD_S:-90}
+TOTAL_LIMIT=${FASTSARNN_GPU_TOTAL_S:-540}   # all parts together, from the start
+MIN_PART=${FASTSARNN_GPU_MIN_PART_S:-15}    # a part with less left is skipped
+BASELINE=${FASTSARNN_GPU_BASELINE_DIR:-$ROOT/.baseline}
 
 if [ "${1:-}" = "fetch" ]; then   # wheels for CPython 3.12 on x86-64 Linux
     cd "$ROOT"
@@ -63,7 +73,7 @@ if [ "${1:-}" = "fetch" ]; then   # wheels for CPython 3.12 on x86-64 Linux
         --platform manylinux2014_x86_64 -d .whl cffi==2.0.0 pycparser==2.23
 fi
 
-if [ "${1:-}" = "baseline" ]; then   # another revision's source tree, for part 6
+if [ "${1:-}" = "baseline" ]; then   # another revision's source tree, for the baseline part
     [ -n "${2:-}" ] || { echo "usage: bash benchmarks/gpu_check.sh baseline REV"; exit 2; }
     cd "$ROOT"
     EXCLUDE=$(git rev-parse --git-path info/exclude)
@@ -76,7 +86,31 @@ if [ "${1:-}" = "baseline" ]; then   # another revision's source tree, for part 
 fi
 
 START=$(date +%s)
+# Parts to run, in this order (FASTSARNN_GPU_PARTS, space-separated), the most telling
+# first: a lent GPU's minutes are few, and every part after the suites is optional.
+ALL_PARTS="suites bench xl phases settings cold baseline split profile"
+PARTS=${FASTSARNN_GPU_PARTS:-$ALL_PARTS}
+for part in $PARTS; do
+    [[ " $ALL_PARTS " == *" $part "* ]] \
+        || { echo "unknown part '$part' in FASTSARNN_GPU_PARTS; expected some of: $ALL_PARTS"; exit 2; }
+done
+[[ $TOTAL_LIMIT =~ ^[0-9]+$ && $MIN_PART =~ ^[0-9]+$ ]] \
+    || { echo "FASTSARNN_GPU_TOTAL_S and FASTSARNN_GPU_MIN_PART_S take whole seconds;" \
+              "got '$TOTAL_LIMIT' and '$MIN_PART'"; exit 2; }
 stopped() { [ "$1" = 124 ] || [ "$1" = 137 ]; }   # timeout's codes: TERM, then KILL
+SKIPPED=()
+# within NAME LIMIT: set LIMIT to the part's own limit or what is left of the total
+# (FASTSARNN_GPU_TOTAL_S, counted from the start), whichever is less; where less than
+# FASTSARNN_GPU_MIN_PART_S is left, say so, record NAME as skipped and return 1.
+within() {
+    local left=$(( START + TOTAL_LIMIT - $(date +%s) ))
+    if [ "$left" -lt "$MIN_PART" ]; then
+        echo "=== $1 skipped: ${left}s left of the ${TOTAL_LIMIT}s in all"
+        SKIPPED+=("$1")
+        return 1
+    fi
+    LIMIT=$(( $2 < left ? $2 : left ))
+}
 LOGS=${OUT:-$(mktemp -d)}
 mkdir -p "$LOGS"
 SITE=$(mktemp -d)
@@ -108,21 +142,24 @@ else
     echo "(the C backend is unavailable here: the bench runs without it)"
 fi
 
-echo "=== CUDA suites at block size $BLOCK (production: $PROD threads), limit ${TESTS_LIMIT}s"
-FASTSARNN_TEST_BACKENDS=cuda FASTSARNN_REQUIRE_BACKENDS=cuda FASTSARNN_TEST_CUDA_BLOCK=$BLOCK \
-    timeout -k 10 "$TESTS_LIMIT" "$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" \
-    "${PARALLEL[@]}" --durations=8 \
-    -c "$ROOT/pyproject.toml" "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_parity.py" \
-    "$ROOT/tests/test_equations.py" "$ROOT/tests/test_errors.py" \
-    "$ROOT/tests/test_hardening.py" -k "not million and not valgrind and not long_sequence" \
-    > "$LOGS/cuda_suites.log" 2>&1
-TESTS_RC=$?
-grep -E "^(FAILED|ERROR)|passed|failed|error|^[0-9.]+s (call|setup)" "$LOGS/cuda_suites.log" \
-    | tail -n 40
-if stopped "$TESTS_RC"; then
-    tail -c 600 "$LOGS/cuda_suites.log"; echo
-    echo "(the suites ran past ${TESTS_LIMIT}s and were stopped; progress above)"
-fi
+part_suites() {
+    within suites "$TESTS_LIMIT" || return 0
+    echo "=== CUDA suites at block size $BLOCK (production: $PROD threads), limit ${LIMIT}s"
+    FASTSARNN_TEST_BACKENDS=cuda FASTSARNN_REQUIRE_BACKENDS=cuda FASTSARNN_TEST_CUDA_BLOCK=$BLOCK \
+        timeout -k 10 "$LIMIT" "$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" \
+        "${PARALLEL[@]}" --durations=8 \
+        -c "$ROOT/pyproject.toml" "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_parity.py" \
+        "$ROOT/tests/test_equations.py" "$ROOT/tests/test_errors.py" \
+        "$ROOT/tests/test_hardening.py" -k "not million and not valgrind and not long_sequence" \
+        > "$LOGS/cuda_suites.log" 2>&1
+    RCS[suites]=$?
+    grep -E "^(FAILED|ERROR)|passed|failed|error|^[0-9.]+s (call|setup)" "$LOGS/cuda_suites.log" \
+        | tail -n 40
+    if stopped "${RCS[suites]}"; then
+        tail -c 600 "$LOGS/cuda_suites.log"; echo
+        echo "(the suites ran past ${LIMIT}s and were stopped; progress above)"
+    fi
+}
 
 # cold start: the untimed first run of each runner (kernel compilation, graph capture)
 first_runs() {
@@ -135,91 +172,112 @@ print("first (untimed) run, s:", ", ".join(
     f"{r['config']}/{r['backend']} {r['warmup_s']:.2f}" for r in recs if "warmup_s" in r))
 PYEOF
 }
-BENCH_RC=0
-for part in "S M L step:$BENCH_LIMIT:gpu_bench" "XL:$XL_LIMIT:gpu_bench_xl"; do
-    IFS=: read -r CONFIGS LIMIT NAME <<< "$part"
-    echo "=== fastsarnn bench with the GPU peers: $CONFIGS, limit ${LIMIT}s"
-    ARGS=()
-    for c in $CONFIGS; do ARGS+=(--config "$c"); done
-    rm -f "$LOGS/$NAME.json"     # written at the bench's end: none if it was stopped
-    timeout -k 10 "$LIMIT" "$PY" -m fastsarnn bench --backends "$PEERS" "${ARGS[@]}" \
-        --repeat 3 --no-progress --json "$LOGS/$NAME.json" 2>&1 | tee "$LOGS/$NAME.log"
-    RC=${PIPESTATUS[0]}
-    stopped "$RC" && echo "(the bench ran past ${LIMIT}s and was stopped)"
-    [ "$RC" = 0 ] || BENCH_RC=$RC
-    first_runs "$LOGS/$NAME.json"
-done
 
-echo "=== a fresh process's first forward, compiled or from the disk cache, limit ${COLD_LIMIT}s"
-timeout -k 10 "$COLD_LIMIT" "$PY" "$ROOT/benchmarks/cuda_cold_start.py" 2>&1 \
-    | tee "$LOGS/cold_start.log"
-COLD_RC=${PIPESTATUS[0]}
-stopped "$COLD_RC" && echo "(the cold starts ran past ${COLD_LIMIT}s and were stopped)"
+# bench_part PART OWN_LIMIT LOGNAME CONFIG...: fastsarnn bench with the GPU peers
+bench_part() {
+    local part=$1 own=$2 name=$3 c args=(); shift 3
+    within "$part" "$own" || return 0
+    echo "=== fastsarnn bench with the GPU peers: $*, limit ${LIMIT}s"
+    for c in "$@"; do args+=(--config "$c"); done
+    rm -f "$LOGS/$name.json"     # written at the bench's end: none if it was stopped
+    timeout -k 10 "$LIMIT" "$PY" -m fastsarnn bench --backends "$PEERS" "${args[@]}" \
+        --repeat 3 --no-progress --json "$LOGS/$name.json" 2>&1 | tee "$LOGS/$name.log"
+    RCS[$part]=${PIPESTATUS[0]}
+    stopped "${RCS[$part]}" && echo "(the bench ran past ${LIMIT}s and was stopped)"
+    first_runs "$LOGS/$name.json"
+}
+part_bench() { bench_part bench "$BENCH_LIMIT" gpu_bench S M L step; }
+part_xl() { bench_part xl "$XL_LIMIT" gpu_bench_xl XL; }
 
-echo "=== one sequence over several blocks (CUDA_SPLIT_PARTS), limit ${SPLIT_LIMIT}s"
-timeout -k 10 "$SPLIT_LIMIT" "$PY" "$ROOT/benchmarks/cuda_config_compare.py" --repeat 2 \
-    --config S --config step --config M 2>&1 \
-    | tee "$LOGS/split.log"
-SPLIT_RC=${PIPESTATUS[0]}
-stopped "$SPLIT_RC" && echo "(the comparison ran past ${SPLIT_LIMIT}s and was stopped)"
+# script_part NAME OWN_LIMIT TITLE LOG SCRIPT [ARGS...]: one benchmarks/ script, its
+# output printed (cut to 160 columns) and logged
+script_part() {
+    local name=$1 own=$2 title=$3 log=$4; shift 4
+    within "$name" "$own" || return 0
+    echo "=== $title, limit ${LIMIT}s"
+    timeout -k 10 "$LIMIT" "$PY" "$ROOT/benchmarks/$@" 2>&1 | tee "$LOGS/$log" | cut -c1-160
+    RCS[$name]=${PIPESTATUS[0]}
+    stopped "${RCS[$name]}" && echo "(it ran past ${LIMIT}s and was stopped)"
+}
+part_cold() {
+    script_part cold "$COLD_LIMIT" \
+        "a fresh process's first forward, compiled or from the disk cache" \
+        cold_start.log cuda_cold_start.py
+}
+part_split() {
+    script_part split "$SPLIT_LIMIT" "one sequence over several blocks (CUDA_SPLIT_PARTS)" \
+        split.log cuda_config_compare.py --repeat 2 --config S --config step --config M
+}
+part_profile() {
+    script_part profile "$PROFILE_LIMIT" "where a token of model.step goes" \
+        step_profile.log cuda_step_profile.py
+}
+part_phases() {
+    script_part phases "$PHASES_LIMIT" \
+        "what the parts of a kernel step cost (model variants)" phases.log cuda_phase_costs.py
+}
 
-echo "=== where a token of model.step goes, limit ${PROFILE_LIMIT}s"
-timeout -k 10 "$PROFILE_LIMIT" "$PY" "$ROOT/benchmarks/cuda_step_profile.py" 2>&1 \
-    | tee "$LOGS/step_profile.log" | cut -c1-160
-PROFILE_RC=${PIPESTATUS[0]}
-stopped "$PROFILE_RC" && echo "(the profile ran past ${PROFILE_LIMIT}s and was stopped)"
+part_settings() {
+    local setting configs c rc
+    # split on spaces and newlines (a setting per line is fine), never globbed
+    local settings=()
+    read -ra settings <<< "$(printf '%s' "${FASTSARNN_GPU_SETTINGS:-}" | tr '\n' ' ')"
+    for setting in "${settings[@]}"; do
+        configs=S,M                           # unless configurations follow an @
+        [[ $setting == *@?* ]] && configs=${setting#*@}
+        setting=${setting%%@*}
+        within "settings $setting" "$SETTINGS_LIMIT" || continue
+        local config_names=() config_args=()
+        IFS=, read -ra config_names <<< "$configs"
+        for c in "${config_names[@]}"; do config_args+=(--config "$c"); done
+        echo "=== $setting on ${config_names[*]}, limit ${LIMIT}s"
+        timeout -k 10 "$LIMIT" "$PY" "$ROOT/benchmarks/cuda_config_compare.py" \
+            --setting "$setting" --repeat 3 "${config_args[@]}" 2>&1 \
+            | tee -a "$LOGS/settings.log"
+        rc=${PIPESTATUS[0]}
+        stopped "$rc" && echo "(the comparison ran past ${LIMIT}s and was stopped)"
+        # the part's exit: 0 where every comparison that ran exited 0, else the last failure
+        if [ "$rc" != 0 ] || [ -z "${RCS[settings]:-}" ]; then RCS[settings]=$rc; fi
+    done
+}
 
-echo "=== what the parts of a kernel step cost (model variants), limit ${PHASES_LIMIT}s"
-timeout -k 10 "$PHASES_LIMIT" "$PY" "$ROOT/benchmarks/cuda_phase_costs.py" 2>&1 \
-    | tee "$LOGS/phases.log"
-PHASES_RC=${PIPESTATUS[0]}
-stopped "$PHASES_RC" && echo "(the variants ran past ${PHASES_LIMIT}s and were stopped)"
-
-SETTINGS_RC=0
-# split on spaces and newlines (a setting per line is fine), never globbed
-read -ra SETTINGS <<< "$(printf '%s' "${FASTSARNN_GPU_SETTINGS:-}" | tr '\n' ' ')"
-for setting in "${SETTINGS[@]}"; do
-    CONFIGS=S,M                           # unless configurations follow an @
-    [[ $setting == *@?* ]] && CONFIGS=${setting#*@}
-    setting=${setting%%@*}
-    IFS=, read -ra SETTINGS_CONFIGS <<< "$CONFIGS"
-    CONFIG_ARGS=()
-    for c in "${SETTINGS_CONFIGS[@]}"; do CONFIG_ARGS+=(--config "$c"); done
-    echo "=== $setting on ${SETTINGS_CONFIGS[*]}, limit ${SETTINGS_LIMIT}s"
-    timeout -k 10 "$SETTINGS_LIMIT" "$PY" "$ROOT/benchmarks/cuda_config_compare.py" \
-        --setting "$setting" --repeat 3 "${CONFIG_ARGS[@]}" 2>&1 \
-        | tee -a "$LOGS/settings.log"
-    RC=${PIPESTATUS[0]}
-    stopped "$RC" && echo "(the comparison ran past ${SETTINGS_LIMIT}s and was stopped)"
-    [ "$RC" = 0 ] || SETTINGS_RC=$RC
-done
-
-BASELINE_RC=0
-if [ -f "$ROOT/.baseline/pyproject.toml" ]; then
-    echo "=== baseline $(cat "$ROOT/.baseline/REVISION" 2>/dev/null || echo '(unknown revision)')" \
-         "then this tree, S M step, limit ${BASELINE_LIMIT}s"
-    OLD_SITE=$(mktemp -d)
-    (cd "$ROOT/.baseline" && "$PY" -m pip install -q --no-index --no-deps \
-        --no-build-isolation --no-compile --target "$OLD_SITE" .) > "$LOGS/baseline_install.log" 2>&1 \
-        || { tail -5 "$LOGS/baseline_install.log"; BASELINE_RC=1; }
+part_baseline() {
+    [ -f "$BASELINE/pyproject.toml" ] || return 0
+    within baseline "$BASELINE_LIMIT" || return 0
+    echo "=== baseline $(cat "$BASELINE/REVISION" 2>/dev/null || echo '(unknown revision)')" \
+         "then this tree, S M step, limit ${LIMIT}s each"
+    RCS[baseline]=0
+    local old_site site rc
+    old_site=$(mktemp -d)
+    (cd "$BASELINE" && "$PY" -m pip install -q --no-index --no-deps \
+        --no-build-isolation --no-compile --target "$old_site" .) > "$LOGS/baseline_install.log" 2>&1 \
+        || { tail -5 "$LOGS/baseline_install.log"; RCS[baseline]=1; }
     # one process per tree (each imports its own fastsarnn), in turn, each within the
     # limit: this tree runs even where the baseline failed or was stopped
-    TREES=("$SITE")
-    [ "$BASELINE_RC" = 0 ] && TREES=("$OLD_SITE" "$SITE")   # else: it did not install
-    for site in "${TREES[@]}"; do
-        PYTHONPATH="$site${OTHER_PATHS:+:$OTHER_PATHS}" timeout -k 10 "$BASELINE_LIMIT" \
+    local trees=("$SITE")
+    [ "${RCS[baseline]}" = 0 ] && trees=("$old_site" "$SITE")   # else: it did not install
+    for site in "${trees[@]}"; do
+        within baseline "$BASELINE_LIMIT" || break
+        PYTHONPATH="$site${OTHER_PATHS:+:$OTHER_PATHS}" timeout -k 10 "$LIMIT" \
             "$PY" "$ROOT/benchmarks/cuda_config_compare.py" --setting CUDA_SPLIT_PARTS=auto \
             --repeat 3 --config S --config M --config step 2>&1 | tee -a "$LOGS/baseline.log"
-        RC=${PIPESTATUS[0]}
-        stopped "$RC" && echo "(the comparison ran past ${BASELINE_LIMIT}s and was stopped)"
-        [ "$RC" = 0 ] || BASELINE_RC=$RC
+        rc=${PIPESTATUS[0]}
+        stopped "$rc" && echo "(the comparison ran past ${LIMIT}s and was stopped)"
+        [ "$rc" = 0 ] || RCS[baseline]=$rc
     done
-fi
+}
 
-echo "=== done in $(( $(date +%s) - START ))s: suites exit $TESTS_RC, bench exit $BENCH_RC," \
-     "cold start exit $COLD_RC, split comparison exit $SPLIT_RC, step profile exit $PROFILE_RC," \
-     "phase costs exit $PHASES_RC, settings exit $SETTINGS_RC, baseline comparison exit" \
-     "$BASELINE_RC; logs in $LOGS"
-[ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ] && [ "$COLD_RC" = 0 ] && [ "$SPLIT_RC" = 0 ] \
-    && [ "$PROFILE_RC" = 0 ] \
-    && [ "$PHASES_RC" = 0 ] && [ "$SETTINGS_RC" = 0 ] && [ "$BASELINE_RC" = 0 ]
+declare -A RCS=()
+for part in $PARTS; do
+    "part_$part"
+done
+
+SUMMARY=() FAILED=0
+for part in $PARTS; do
+    [ -n "${RCS[$part]:-}" ] || continue
+    SUMMARY+=("$part exit ${RCS[$part]}")
+    [ "${RCS[$part]}" = 0 ] || FAILED=1
+done
+echo "=== done in $(( $(date +%s) - START ))s of ${TOTAL_LIMIT}s: $(IFS=,; echo "${SUMMARY[*]:-no part ran}" | sed 's/,/, /g');" \
+     "skipped for time: ${SKIPPED[*]:-none}; logs in $LOGS"
+exit "$FAILED"
