@@ -26,10 +26,10 @@
 #   profile   benchmarks/cuda_step_profile.py: where a token of model.step spends its time.
 # It prints the suites' summary lines and the bench tables, installs nothing from the
 # network, and gives each part its own time limit within one limit for all of them
-# (FASTSARNN_GPU_TOTAL_S, 540 s, under a 600 s call): a part that would start with less
-# than FASTSARNN_GPU_MIN_PART_S (15 s) left is skipped, and the last line names the parts
-# that ran, their exit codes, and those skipped for time. Exit 0 where every part that
-# ran passed.
+# (FASTSARNN_GPU_TOTAL_S, 300 s: the issue's five minutes; 540 s still fits a call of
+# 600 s): a part that would start with less than FASTSARNN_GPU_MIN_PART_S (15 s) left is
+# skipped, and the last line names the parts that ran, their exit codes, and those
+# skipped for time. Exit 0 where every part that ran passed.
 #
 # Usage, from the repository root:
 #   bash benchmarks/gpu_check.sh          # on the GPU machine (python3 must have numba,
@@ -60,7 +60,7 @@ PHASES_LIMIT=${FASTSARNN_GPU_PHASES_S:-90}
 BASELINE_LIMIT=${FASTSARNN_GPU_BASELINE_S:-90}
 SETTINGS_LIMIT=${FASTSARNN_GPU_SETTINGS_S:-60}
 COLD_LIMIT=${FASTSARNN_GPU_COLD_S:-90}
-TOTAL_LIMIT=${FASTSARNN_GPU_TOTAL_S:-540}   # all parts together, from the start
+TOTAL_LIMIT=${FASTSARNN_GPU_TOTAL_S:-300}   # all parts together, from the start
 MIN_PART=${FASTSARNN_GPU_MIN_PART_S:-15}    # a part with less left is skipped
 BASELINE=${FASTSARNN_GPU_BASELINE_DIR:-$ROOT/.baseline}
 
