@@ -256,7 +256,7 @@ class SelfAttentionRNN:
             arr = _validate.cast(arr, dt)
             if arr is given[name]:
                 arr = arr.copy()
-            _validate.first_nonfinite(name, arr)
+            _validate.first_nonfinite(name, arr, weight=True)
             arr.flags.writeable = False
             params[name] = arr
         self._params = params
@@ -563,7 +563,7 @@ class SelfAttentionRNN:
             raise TypeError(f"state must be a fastsarnn State; got {type(state).__name__}")
         dt = self._dtype
         ready = type(x_t) is np.ndarray and x_t.dtype == dt and x_t.flags.c_contiguous
-        B = state.batch_size
+        B = state._h.shape[0]      # state.batch_size (attributes, not properties: per token)
         x = x_t if ready else _validate.real_array("x_t", x_t, self._step_shape_text(B))
         one_d = x.ndim == 1
         if x.shape != ((self._D,) if one_d else (B, self._D)):
@@ -608,8 +608,9 @@ class SelfAttentionRNN:
         if not device:
             state._sync_host()
         if B:
-            need = (int(state.positions[0]) if B == 1 else int(state.positions.max())) + 1
-            if need > state.capacity:
+            pos = state._positions
+            need = (int(pos[0]) if B == 1 else int(pos.max())) + 1
+            if need > state._hist.shape[1]:      # state.capacity
                 state._ensure_capacity(need)
         if out is None:
             out_h = np.zeros((H,) if one_d else (B, H), dtype=dt)
@@ -666,7 +667,7 @@ class SelfAttentionRNN:
         1-D for B = 1) for this backend and the state's current buffers; prepared once
         (backends with ``prepare_step``) and reused while the buffers stay the same."""
         key = ("step", be.NAME)
-        bufs = (state._hist, state._keys, state.h, state.c, state.positions)
+        bufs = (state._hist, state._keys, state._h, state._c, state._positions)
         got = state._cache.get(key)
         if got is not None:
             old = got[0]

@@ -1358,8 +1358,8 @@ def _device_state(state, w, dtype):
     arrays), so the kernel reads and writes what the user sees. A scratch state (made by
     ``forward`` for one call) uses the model's reusable workspace instead.
     """
-    B, H = state.h.shape
     if state._scratch:
+        B, H = state._h.shape
         hist = _workspace(w, "hist", state._hist.shape, dtype)
         keys = (None if state._keys is None else
                 _workspace(w, "keys", state._keys.shape, dtype))
@@ -1372,17 +1372,22 @@ def _device_state(state, w, dtype):
         return hist, keys, (h_arg, c_arg, pos_arg)
     hist, keys = state._device_history(NAME, zeros, _upload, _download)
     small = state._cache.get(NAME)
-    if small is None or small["views"] != (id(state.h), id(state.c), id(state.positions)):
-        h, h_arg = _mapped((B, H), dtype)
-        c, c_arg = _mapped((B, H), dtype)
-        pos, pos_arg = _mapped((B,), np.int64)
-        h[...] = state.h
-        c[...] = state.c
-        pos[...] = state.positions
-        state._h, state._c, state._positions = h, c, pos
-        small = state._cache[NAME] = {"views": (id(h), id(c), id(pos)),
-                                      "args": (h_arg, c_arg, pos_arg), "keep": (h, c, pos)}
-    return hist, keys, small["args"]
+    if small is not None:      # the mapped arrays still named by the state's attributes
+        h, c, pos = small["keep"]
+        if h is state._h and c is state._c and pos is state._positions:
+            return hist, keys, small["args"]
+    # first launch, or the user replaced one of them: (new) mapped arrays, values kept
+    B, H = state._h.shape
+    h, h_arg = _mapped((B, H), dtype)
+    c, c_arg = _mapped((B, H), dtype)
+    pos, pos_arg = _mapped((B,), np.int64)
+    h[...] = state._h
+    c[...] = state._c
+    pos[...] = state._positions
+    state._h, state._c, state._positions = h, c, pos
+    args = (h_arg, c_arg, pos_arg)     # the same object at every later call
+    state._cache[NAME] = {"args": args, "keep": (h, c, pos)}
+    return hist, keys, args
 
 
 def split_parts():
@@ -1489,11 +1494,21 @@ _PLANS = {}
 
 
 def _plan_key(p):
-    """What a launch plan of ``p`` is derived from: its sizes and dtype, each setting of
-    ``_PLAN_SETTINGS`` with its type (``True`` is not ``1``), and the simulator's flavour."""
+    """What a launch plan of ``p`` is derived from: the settings of ``_PLAN_SETTINGS``, the
+    simulator's flavour, each setting's type (``True`` is not ``1``), ``p``'s sizes and
+    dtype (in this order: :func:`_settings_unchanged` reads the first two)."""
     settings = _PLAN_SETTINGS(_config)
-    return (p.H, p.Ha, p.D, p.dtype.char, settings, tuple(map(type, settings)),
-            SIMULATOR, SIMULATOR and _simulator_has_shuffles())
+    return (settings, SIMULATOR and _simulator_has_shuffles(), tuple(map(type, settings)),
+            SIMULATOR, p.H, p.Ha, p.D, p.dtype.char)
+
+
+def _settings_unchanged(key):
+    """Whether the settings ``_config`` holds are the very objects of the plan key ``key``
+    (:func:`_plan_key`), and the simulator's flavour is the same: for the same ``p``, the
+    same key, tested faster (the same object has the same value and type; a setting
+    assigned a new but equal object fails the test, and the caller makes a new key)."""
+    return (all(map(operator.is_, _PLAN_SETTINGS(_config), key[0]))
+            and key[1] == (SIMULATOR and _simulator_has_shuffles()))
 
 
 def _launch_plan(p, key=None):
@@ -1666,7 +1681,7 @@ def _launch_again(p, w, state, slot):
     checked here, and the rest of :func:`_launch` (the checks of sizes and buffers, the
     kernel's look-up, its arguments and their identities) is skipped. Checked: the kernel
     parameters ``p`` (the model picks them by the state's capacity), the settings of the
-    launch plan (:func:`_plan_key`), the calling thread's CUDA context, the state's
+    launch plan (:func:`_settings_unchanged`), the calling thread's CUDA context, the state's
     capacity for the new positions, one block per sequence at the new positions
     (:func:`_auto_parts`; a split step takes :func:`_launch`), and the state's device
     buffers, which :func:`_device_state` brings up to date first (the history uploaded if
@@ -1677,7 +1692,7 @@ def _launch_again(p, w, state, slot):
     if again is None or _PREPARED_ERROR is not None:    # then every launch: numba-cuda's
         return False
     q, plan_key, ctx0, hist0, small0, launcher, plan = again
-    if q is not p or _plan_key(p) != plan_key:
+    if q is not p or not _settings_unchanged(plan_key):
         return False
     # the context a prepared launch was made in, looked up as _run does
     ctx = _current_context() if _PREPARE_LAUNCHES else None
@@ -1745,12 +1760,14 @@ def step(p, x, active, state, out_h, out_c, num_threads=None):
         B, D = x.shape
         stage = state._cache.get(NAME + ":step")
         if stage is None or stage["x"][0].shape != (B, 1, D):
+            x_stage = _mapped((B, 1, D), p.dtype)
             stage = state._cache[NAME + ":step"] = {
-                "x": _mapped((B, 1, D), p.dtype), "len": _mapped((B,), np.int64),
+                "x": x_stage, "x_t": x_stage[0].reshape(B, D),
+                "len": _mapped((B,), np.int64),
                 "h": cuda.device_array((B, 1, p.H), dtype=p.dtype),
                 "c": cuda.device_array((B, 1, p.H), dtype=p.dtype)}
-        stage["x"][0][:, 0, :] = x
-        stage["len"][0][...] = active
+        np.copyto(stage["x_t"], x)       # the host view of the mapped x, as (B, D)
+        np.copyto(stage["len"][0], active)
         if not _launch_again(p, w, state, stage):
             _launch(p, w, stage["x"][1], stage["len"][0], stage["len"][1], state, stage["h"],
                     stage["c"], None, False, True, slot=stage)
