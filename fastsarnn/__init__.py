@@ -10,7 +10,7 @@ import warnings as _warnings
 
 
 class SourceTreeWarning(UserWarning):
-    """fastsarnn was imported from a source checkout whose C extension was never built."""
+    """fastsarnn was imported from a source checkout whose C extension was not built."""
 
 
 def _warn_if_unbuilt_source_tree():
@@ -24,9 +24,13 @@ def _warn_if_unbuilt_source_tree():
         return                                 # an installed package: nothing to say
     if any(f.startswith("_csarnn") and f.endswith((".so", ".pyd")) for f in _os.listdir(here)):
         return                                 # an editable install: the extension is built
+    if _os.path.isfile(_os.path.join(here, "_csarnn_build_error.txt")):
+        state = "failed to build (fastsarnn info shows the error; fix csrc/, then rebuild)"
+    else:
+        state = "was never built"
     _warnings.warn(
-        f"fastsarnn is imported from the source tree {here}, where the C extension was never "
-        "built: the 'c' backend is unavailable and 'auto' picks another one. Install the "
+        f"fastsarnn is imported from the source tree {here}, where the C extension {state}: "
+        "the 'c' backend is unavailable and 'auto' picks another one. Install the "
         "checkout with 'pip install -e .' (editable; rerun it after changing csrc/) or "
         "'pip install .', or start Python outside the repository root.",
         SourceTreeWarning, stacklevel=3)

@@ -4,6 +4,7 @@ checks (called directly, bypassing the model's), and an install without a compil
 import os
 import subprocess
 import sys
+import sysconfig
 
 import numpy as np
 import pytest
@@ -216,36 +217,92 @@ def test_kernel_error_becomes_value_error(c_ext, monkeypatch):
     assert st.positions.tolist() == [0]
 
 
-@pytest.mark.skipif(os.environ.get("FASTSARNN_SKIP_SLOW_INSTALL") == "1",
-                    reason="FASTSARNN_SKIP_SLOW_INSTALL=1")
-def test_install_without_a_compiler_still_works(tmp_path):
-    """A failed C build must not abort pip install; backends() then says why."""
+NO_COMPILER = {"CC": "/bin/false", "LDSHARED": "/bin/false"}
+C_STATUS = ("import fastsarnn as fs, numpy as np; i = fs.backends()['c']; "
+            "print(i.available); print(i.reason); "
+            "print(fs.SelfAttentionRNN.random(2, 3).forward(np.ones((4, 2))).h.shape)")
+
+
+def _copy_checkout(dst):
+    """The repository's tracked files (no build products) copied to ``dst``."""
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
-    src = tmp_path / "src"
-    subprocess.run(["git", "-C", root, "ls-files", "-z"], check=True, capture_output=True)
     files = subprocess.run(["git", "-C", root, "ls-files"], check=True, capture_output=True,
                            text=True).stdout.split()
     for f in files:
-        dst = src / f
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_bytes(open(os.path.join(root, f), "rb").read())
-    target = tmp_path / "site"
-    env = dict(os.environ, CC="/bin/false", LDSHARED="/bin/false")
-    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                          "--no-build-isolation", "--target", str(target), str(src)],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    code = ("import fastsarnn as fs, numpy as np; i = fs.backends()['c']; "
-            "print(i.available); print(i.reason); "
-            "print(fs.SelfAttentionRNN.random(2, 3).forward(np.ones((4, 2))).h.shape)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(target)), timeout=120,
-                         cwd=str(tmp_path))
+        out = dst / f
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(open(os.path.join(root, f), "rb").read())
+    return dst
+
+
+def _c_status(path, cwd):
+    """(available, reason, shape of a forward) of the fastsarnn importable from ``path``."""
+    out = subprocess.run([sys.executable, "-c", C_STATUS], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(path)), timeout=120,
+                         cwd=str(cwd))
     assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert lines[0] == "False"
-    assert "failed to build" in lines[1]
-    assert lines[2] == "(4, 3)"
+    return out.stdout.splitlines()
+
+
+def _built(pkg):
+    return [f for f in os.listdir(pkg) if f.startswith("_csarnn") and f.endswith(".so")]
+
+
+def _plant_old_extension(src):
+    """What an earlier build of the checkout ``src`` leaves: the extension in its build
+    folder (where pip builds) and, after an in-place (editable) build, in the package.
+    Not a loadable library: only whether a later build keeps it matters here."""
+    lib = src / "build" / f"lib.{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
+    for pkg in (lib / "fastsarnn", src / "fastsarnn"):
+        pkg.mkdir(parents=True, exist_ok=True)
+        (pkg / "_csarnn.abi3.so").write_bytes(b"an extension built from older sources")
+
+
+@pytest.mark.skipif(os.environ.get("FASTSARNN_SKIP_SLOW_INSTALL") == "1",
+                    reason="FASTSARNN_SKIP_SLOW_INSTALL=1")
+def test_install_without_a_compiler_still_works_and_installs_no_old_extension(tmp_path):
+    """A failed C build must not abort pip install; backends() then says why. Where an
+    earlier build left its extension in the checkout's build folder, the failed build must
+    not install that old extension in place of the sources it failed on."""
+    src = _copy_checkout(tmp_path / "src")
+    _plant_old_extension(src)
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                          "--no-build-isolation", "--target", str(tmp_path / "site"),
+                          str(src)],
+                         env=dict(os.environ, **NO_COMPILER), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not _built(tmp_path / "site" / "fastsarnn")
+    available, reason, shape = _c_status(tmp_path / "site", tmp_path)
+    assert available == "False"
+    assert "failed to build" in reason
+    assert shape == "(4, 3)"
+
+
+@pytest.mark.skipif(os.environ.get("FASTSARNN_SKIP_SLOW_INSTALL") == "1",
+                    reason="FASTSARNN_SKIP_SLOW_INSTALL=1")
+def test_a_failed_in_place_build_leaves_no_old_extension_in_the_source_tree(tmp_path):
+    """An editable install builds in place (setuptools' ``build_ext --inplace``): after a
+    change to csrc/ that does not compile, the checkout must not keep running the kernels
+    of the last good build; the next good build clears the recorded error."""
+    src = _copy_checkout(tmp_path / "src")
+    _plant_old_extension(src)
+    pkg = src / "fastsarnn"
+    error_file = pkg / "_csarnn_build_error.txt"
+
+    def build_in_place(**env):
+        res = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                             cwd=str(src), env=dict(os.environ, **env), capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    build_in_place(**NO_COMPILER)
+    assert not _built(pkg) and error_file.exists()
+    available, reason, _ = _c_status(src, tmp_path)
+    assert available == "False" and "failed to build" in reason
+    build_in_place()
+    assert _built(pkg) and not error_file.exists()
+    assert _c_status(src, tmp_path)[0] == "True"
 
 
 @pytest.mark.parametrize("score,window", [("dot", None), ("kq", 3), ("additive", None),

@@ -37,6 +37,15 @@ def test_unbuilt_checkout_warns_once_with_the_fix(tmp_path):
     assert out.stdout.splitlines()[1] != "c"
 
 
+def test_checkout_whose_build_failed_says_so(tmp_path):
+    root = make_checkout(tmp_path, with_extension=False)
+    (root / "fastsarnn" / "_csarnn_build_error.txt").write_text("CompileError: ...\n")
+    out = run(root)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("SourceTreeWarning") == 1, out.stderr
+    assert "C extension failed to build (fastsarnn info shows the error" in out.stderr
+
+
 def test_built_checkout_and_installed_package_do_not_warn(tmp_path):
     if any(f.endswith((".so", ".pyd")) for f in os.listdir(os.path.dirname(fastsarnn.__file__))):
         root = make_checkout(tmp_path / "built", with_extension=True)
