@@ -84,17 +84,20 @@ def cast(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return np.ascontiguousarray(arr, dtype=dtype)
 
 
-def first_nonfinite(name: str, arr: np.ndarray, mask=None):
-    """Raise ``ValueError`` naming the first non-finite element of ``arr`` (where ``mask``)."""
+def first_nonfinite(name: str, arr: np.ndarray, mask=None, weight=False):
+    """Raise ``ValueError`` naming the first non-finite element of ``arr`` (where ``mask``);
+    ``weight``: ``arr`` is a model weight, which is always checked (an input's check can be
+    turned off, and the message says how)."""
     bad = ~np.isfinite(arr)
     if mask is not None:
         bad &= mask
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"{name}[{', '.join(map(str, idx))}] = {arr[idx]} is not finite; "
-            "expected finite values (pass check_finite=False to skip this check for inputs)"
-        )
+        expected = ("expected finite weights" if weight else
+                    "expected finite values (pass check_finite=False to skip this check "
+                    "for inputs)")
+        raise ValueError(f"{name}[{', '.join(map(str, idx))}] = {arr[idx]} is not finite; "
+                         f"{expected}")
 
 
 def shape_str(shape) -> str:
