@@ -154,6 +154,12 @@ def main(argv=None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.status
+    except BrokenPipeError:
+        # the reader went away (`fastsarnn bench | head`): stop quietly, as Python's
+        # documentation advises, with stdout pointed at /dev/null so that the flush at
+        # exit raises nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (_registry.BackendUnavailableError, OSError) as exc:
         # a setting that cannot run here, a file that cannot be written
         print(f"error: {exc}", file=sys.stderr)

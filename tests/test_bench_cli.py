@@ -311,3 +311,15 @@ def test_a_busy_machine_is_flagged_in_output_and_json(tmp_path, capsys, monkeypa
     assert data["reliable"] is False and data["load_per_core_before"] == 3.0
     assert any("busy" in w for w in data["warnings"])
     assert any("S" in w and "runnable threads" in w for w in data["warnings"])
+
+
+def test_output_into_a_closed_pipe_stops_quietly(tmp_path):
+    """``fastsarnn info | head -0``: the reader is gone before the first line is written;
+    the command stops without an error message or a traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "FASTSARNN_BACKEND"}
+    proc = subprocess.Popen([sys.executable, "-m", "fastsarnn", "info"], cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()            # before the interpreter has started: every write fails
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert err == "", err

@@ -449,7 +449,7 @@ def format_table(records) -> str:
         wn = max(8, max(len(r["backend"]) for r in timed) + 1)
         lines.append(f"\n{cfg_name}: B={r0['B']} T={r0['T']} D={r0['D']} H={r0['H']} "
                      f"window={r0['window']} score={r0['score']} {r0['dtype']} ({what}); "
-                     f"min of {r0['repeat']} runs")
+                     f"min of {r0['repeat']} run{'s' if r0['repeat'] != 1 else ''}")
         lines.append(f"  {'backend':<{wn}}{'median ms':>11}{'min ms':>10}{'spread':>8}"
                      f"{'x numpy':>9}{'x torch':>9}{'GFLOP/s':>9}{'%SGEMM':>8}{'max err':>10}"
                      "  ok")
