@@ -2,7 +2,7 @@
 # One-command GPU check of the "cuda" backend (issue 13), on a machine with an NVIDIA GPU.
 # Its parts, in the order they run by default (FASTSARNN_GPU_PARTS names some of them, in
 # the order given):
-#   suites    the CUDA parity, error and hardening suites at the production block size
+#   suites    the CUDA parity, API, error and hardening suites at the production block size
 #             (FASTSARNN_TEST_CUDA_BLOCK = fastsarnn._config.CUDA_BLOCK_SIZE, unless
 #             FASTSARNN_GPU_BLOCK says otherwise), with their slowest tests;
 #   bench     fastsarnn bench with the GPU peers: --backends cuda,torch-cuda,
@@ -150,7 +150,8 @@ part_suites() {
         "${PARALLEL[@]}" --durations=8 \
         -c "$ROOT/pyproject.toml" "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_parity.py" \
         "$ROOT/tests/test_equations.py" "$ROOT/tests/test_errors.py" \
-        "$ROOT/tests/test_hardening.py" -k "not million and not valgrind and not long_sequence" \
+        "$ROOT/tests/test_hardening.py" "$ROOT/tests/test_api.py" \
+        -k "not million and not valgrind and not long_sequence and not installed_one" \
         > "$LOGS/cuda_suites.log" 2>&1
     RCS[suites]=$?
     grep -E "^(FAILED|ERROR)|passed|failed|error|^[0-9.]+s (call|setup)" "$LOGS/cuda_suites.log" \
