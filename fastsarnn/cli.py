@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import select
 import sys
 
 from . import __version__, _registry
@@ -132,6 +133,17 @@ def build_parser():
     return parser, {"bench": bench, "demo": demo}
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reading end was closed (poll reports an
+    error condition on its writing end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):     # no poll, no file descriptor
+        return False
+
+
 def main(argv=None) -> int:
     parser, subparsers = build_parser()
     args = parser.parse_args(argv)
@@ -139,7 +151,9 @@ def main(argv=None) -> int:
         if args.command != "info":
             _selected_backend()             # an unknown $FASTSARNN_BACKEND is an error: say so
         if args.command == "info":
-            return info()
+            status = info()
+            sys.stdout.flush()      # a reader gone shows here, not at the exit's flush
+            return status
         if args.command == "demo":
             dp = subparsers["demo"]
             if args.n < 1:
@@ -147,18 +161,26 @@ def main(argv=None) -> int:
             _check_backend(dp, args.backend)
             from . import demo as _demo
             _demo.run(n=args.n, seed=args.seed, backend=args.backend, plot=args.plot)
+            sys.stdout.flush()
             return 0
         if args.command == "bench":
             from .bench import run_cli
-            return run_cli(args, subparsers["bench"])
+            status = run_cli(args, subparsers["bench"])
+            sys.stdout.flush()
+            return status
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.status
-    except BrokenPipeError:
-        # the reader went away (`fastsarnn bench | head`): stop quietly, as Python's
-        # documentation advises, with stdout pointed at /dev/null so that the flush at
-        # exit raises nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():    # another pipe broke: an error like any other
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        # the reader of the output went away (`fastsarnn bench | head`): stop quietly, as
+        # Python's documentation advises, with stdout pointed at /dev/null so that the
+        # interpreter's flush at exit raises nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return 1
     except (_registry.BackendUnavailableError, OSError) as exc:
         # a setting that cannot run here, a file that cannot be written

@@ -313,13 +313,29 @@ def test_a_busy_machine_is_flagged_in_output_and_json(tmp_path, capsys, monkeypa
     assert any("S" in w and "runnable threads" in w for w in data["warnings"])
 
 
-def test_output_into_a_closed_pipe_stops_quietly(tmp_path):
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "unbuffered"])
+def test_output_into_a_closed_pipe_stops_quietly(tmp_path, unbuffered):
     """``fastsarnn info | head -0``: the reader is gone before the first line is written;
-    the command stops without an error message or a traceback."""
-    env = {k: v for k, v in os.environ.items() if k != "FASTSARNN_BACKEND"}
+    the command stops without an error message or a traceback, whether Python's output is
+    buffered (the error then comes with the flush) or not."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FASTSARNN_BACKEND", "PYTHONUNBUFFERED")}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
     proc = subprocess.Popen([sys.executable, "-m", "fastsarnn", "info"], cwd=str(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     proc.stdout.close()            # before the interpreter has started: every write fails
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1
     assert err == "", err
+
+
+def test_another_broken_pipe_is_still_an_error(monkeypatch, capsys):
+    from fastsarnn import cli
+
+    def broken():
+        raise BrokenPipeError(32, "Broken pipe (a worker's)")
+
+    monkeypatch.setattr(cli, "info", broken)
+    assert cli.main(["info"]) == 1
+    assert "error: [Errno 32] Broken pipe (a worker's)" in capsys.readouterr().err
