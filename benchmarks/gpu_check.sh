@@ -62,7 +62,7 @@ SETTINGS_LIMIT=${FASTSARNN_GPU_SETTINGS_S:-60}
 COLD_LIMIT=${FASTSARNN_GPU_COLD_S:-90}
 TOTAL_LIMIT=${FASTSARNN_GPU_TOTAL_S:-300}   # all parts together, from the start
 MIN_PART=${FASTSARNN_GPU_MIN_PART_S:-15}    # a part with less left is skipped
-BASELINE=${FASTSARNN_GPU_BASELINE_DIR:-$ROOT/.baseline}
+BASELINE=$(realpath -m -- "${FASTSARNN_GPU_BASELINE_DIR:-$ROOT/.baseline}")  # before any cd
 
 if [ "${1:-}" = "fetch" ]; then   # wheels for CPython 3.12 on x86-64 Linux
     cd "$ROOT"
@@ -94,9 +94,13 @@ for part in $PARTS; do
     [[ " $ALL_PARTS " == *" $part "* ]] \
         || { echo "unknown part '$part' in FASTSARNN_GPU_PARTS; expected some of: $ALL_PARTS"; exit 2; }
 done
-[[ $TOTAL_LIMIT =~ ^[0-9]+$ && $MIN_PART =~ ^[0-9]+$ ]] \
-    || { echo "FASTSARNN_GPU_TOTAL_S and FASTSARNN_GPU_MIN_PART_S take whole seconds;" \
-              "got '$TOTAL_LIMIT' and '$MIN_PART'"; exit 2; }
+# every limit a whole number of seconds, at least 1 (`timeout 0` would mean no limit)
+for limit in TOTAL_LIMIT MIN_PART TESTS_LIMIT BENCH_LIMIT XL_LIMIT SPLIT_LIMIT PROFILE_LIMIT \
+             PHASES_LIMIT BASELINE_LIMIT SETTINGS_LIMIT COLD_LIMIT; do
+    [[ ${!limit} =~ ^[0-9]+$ && ${!limit} -ge 1 ]] \
+        || { echo "each FASTSARNN_GPU_*_S limit takes whole seconds, at least 1; got" \
+                  "'${!limit}' for $limit"; exit 2; }
+done
 stopped() { [ "$1" = 124 ] || [ "$1" = 137 ]; }   # timeout's codes: TERM, then KILL
 SKIPPED=()
 # within NAME LIMIT: set LIMIT to the part's own limit or what is left of the total
@@ -190,32 +194,35 @@ bench_part() {
 part_bench() { bench_part bench "$BENCH_LIMIT" gpu_bench S M L step; }
 part_xl() { bench_part xl "$XL_LIMIT" gpu_bench_xl XL; }
 
-# script_part NAME OWN_LIMIT TITLE LOG SCRIPT [ARGS...]: one benchmarks/ script, its
-# output printed (cut to 160 columns) and logged
+# script_part NAME OWN_LIMIT TITLE LOG WIDTH SCRIPT [ARGS...]: one benchmarks/ script, its
+# output logged and printed (lines cut to WIDTH columns, 0: whole)
 script_part() {
-    local name=$1 own=$2 title=$3 log=$4; shift 4
+    local name=$1 own=$2 title=$3 log=$4 width=$5; shift 5
     within "$name" "$own" || return 0
     echo "=== $title, limit ${LIMIT}s"
-    timeout -k 10 "$LIMIT" "$PY" "$ROOT/benchmarks/$@" 2>&1 | tee "$LOGS/$log" | cut -c1-160
+    local cut=(cat)
+    [ "$width" -gt 0 ] && cut=(cut -c "1-$width")
+    timeout -k 10 "$LIMIT" "$PY" "$ROOT/benchmarks/$@" 2>&1 | tee "$LOGS/$log" | "${cut[@]}"
     RCS[$name]=${PIPESTATUS[0]}
     stopped "${RCS[$name]}" && echo "(it ran past ${LIMIT}s and was stopped)"
 }
 part_cold() {
     script_part cold "$COLD_LIMIT" \
         "a fresh process's first forward, compiled or from the disk cache" \
-        cold_start.log cuda_cold_start.py
+        cold_start.log 0 cuda_cold_start.py
 }
 part_split() {
     script_part split "$SPLIT_LIMIT" "one sequence over several blocks (CUDA_SPLIT_PARTS)" \
-        split.log cuda_config_compare.py --repeat 2 --config S --config step --config M
+        split.log 0 cuda_config_compare.py --repeat 2 --config S --config step --config M
 }
 part_profile() {
     script_part profile "$PROFILE_LIMIT" "where a token of model.step goes" \
-        step_profile.log cuda_step_profile.py
+        step_profile.log 160 cuda_step_profile.py
 }
 part_phases() {
     script_part phases "$PHASES_LIMIT" \
-        "what the parts of a kernel step cost (model variants)" phases.log cuda_phase_costs.py
+        "what the parts of a kernel step cost (model variants)" phases.log 0 \
+        cuda_phase_costs.py
 }
 
 part_settings() {
@@ -245,10 +252,9 @@ part_settings() {
 part_baseline() {
     [ -f "$BASELINE/pyproject.toml" ] || return 0
     within baseline "$BASELINE_LIMIT" || return 0
-    echo "=== baseline $(cat "$BASELINE/REVISION" 2>/dev/null || echo '(unknown revision)')" \
-         "then this tree, S M step, limit ${LIMIT}s each"
-    RCS[baseline]=0
-    local old_site site rc
+    local rev old_site site rc
+    rev=$(cat "$BASELINE/REVISION" 2>/dev/null || echo '(unknown revision)')
+    echo "=== baseline $rev then this tree, S M step, limit ${LIMIT}s each"
     old_site=$(mktemp -d)
     (cd "$BASELINE" && "$PY" -m pip install -q --no-index --no-deps \
         --no-build-isolation --no-compile --target "$old_site" .) > "$LOGS/baseline_install.log" 2>&1 \
@@ -256,15 +262,20 @@ part_baseline() {
     # one process per tree (each imports its own fastsarnn), in turn, each within the
     # limit: this tree runs even where the baseline failed or was stopped
     local trees=("$SITE")
-    [ "${RCS[baseline]}" = 0 ] && trees=("$old_site" "$SITE")   # else: it did not install
+    [ -z "${RCS[baseline]:-}" ] && trees=("$old_site" "$SITE")   # else: it did not install
     for site in "${trees[@]}"; do
-        within baseline "$BASELINE_LIMIT" || break
+        if [ "$site" = "$SITE" ]; then
+            within "baseline (this tree)" "$BASELINE_LIMIT" || break
+        else
+            within "baseline ($rev)" "$BASELINE_LIMIT" || break
+        fi
         PYTHONPATH="$site${OTHER_PATHS:+:$OTHER_PATHS}" timeout -k 10 "$LIMIT" \
             "$PY" "$ROOT/benchmarks/cuda_config_compare.py" --setting CUDA_SPLIT_PARTS=auto \
             --repeat 3 --config S --config M --config step 2>&1 | tee -a "$LOGS/baseline.log"
         rc=${PIPESTATUS[0]}
         stopped "$rc" && echo "(the comparison ran past ${LIMIT}s and was stopped)"
-        [ "$rc" = 0 ] || RCS[baseline]=$rc
+        # the part's exit: 0 where both trees ran and exited 0, else the last failure
+        if [ "$rc" != 0 ] || [ -z "${RCS[baseline]:-}" ]; then RCS[baseline]=$rc; fi
     done
 }
 

@@ -4,8 +4,10 @@ run with a stand-in Python that records each call instead of doing it.
 A lent GPU's minutes are few: a part run out of turn, or a check that runs past its
 call's limit and loses the parts after it, costs a session its measurements. No GPU is
 needed here: the stand-in answers the script's two questions (the block size, whether
-pytest-xdist is installed) and otherwise sleeps ``STUB_SLEEP`` seconds and exits with
-``STUB_RC`` for the part whose command line contains ``STUB_FAIL``.
+pytest-xdist is installed), fails a ``pip install`` made in the folder ``STUB_FAIL_PIP_IN``,
+and otherwise sleeps ``STUB_SLEEP`` seconds and exits with ``STUB_RC`` for the part whose
+command line contains ``STUB_FAIL``; it logs each call's arguments, and in a second log
+the first entry of its ``PYTHONPATH`` (which installed tree it imports).
 """
 
 import os
@@ -24,10 +26,12 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("ti
 
 STUB = """#!/usr/bin/env bash
 echo "$*" >> "$STUB_LOG"
+echo "${PYTHONPATH%%:*} $*" >> "$STUB_LOG.paths"
 case "$*" in
     *"print(_config.CUDA_BLOCK_SIZE)"*) echo 256; exit 0 ;;
     *"import xdist"*) exit 1 ;;
-    *"pip install"*|*"fastsarnn info"*) exit 0 ;;
+    *"pip install"*) [ "$PWD" = "${STUB_FAIL_PIP_IN:-}" ] && exit 1; exit 0 ;;
+    *"fastsarnn info"*) exit 0 ;;
 esac
 sleep "${STUB_SLEEP:-0}"
 if [ -n "${STUB_FAIL:-}" ] && [[ "$*" == *"$STUB_FAIL"* ]]; then exit "${STUB_RC:-1}"; fi
@@ -42,21 +46,24 @@ MARK = {"suites": "-m pytest", "bench": "--config S --config M --config L --conf
 
 
 def run_check(tmp_path, parts, total=600, min_part=1, sleep=0, fail=None, rc=1, settings="",
-              baseline=None):
+              baseline=None, cwd=None, fail_pip_in=None, **limits):
     stub = tmp_path / "python"
     stub.write_text(STUB)
     stub.chmod(0o755)
     log = tmp_path / "calls.log"
     log.write_text("")
+    (tmp_path / "calls.log.paths").write_text("")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASTSARNN_GPU_")}
     env.update(PYTHON=str(stub), OUT=str(tmp_path / "out"), STUB_LOG=str(log),
                STUB_SLEEP=str(sleep), STUB_FAIL=fail or "", STUB_RC=str(rc),
+               STUB_FAIL_PIP_IN=str(fail_pip_in or ""),
                FASTSARNN_GPU_PARTS=parts, FASTSARNN_GPU_TOTAL_S=str(total),
                FASTSARNN_GPU_MIN_PART_S=str(min_part), FASTSARNN_GPU_SETTINGS=settings,
                FASTSARNN_GPU_BASELINE_DIR=str(baseline or tmp_path / "no-baseline"))
+    env.update({f"FASTSARNN_GPU_{name}": str(v) for name, v in limits.items()})
     t0 = time.monotonic()
     proc = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL)
+                          timeout=120, stdin=subprocess.DEVNULL, cwd=cwd)
     calls = [line for line in log.read_text().splitlines()
              if "pip install" not in line and "fastsarnn info" not in line
              and "import _config" not in line and "import xdist" not in line]
@@ -94,8 +101,10 @@ def test_an_unknown_part_is_refused_before_anything_runs(tmp_path):
 
 
 def test_parts_left_without_time_are_skipped_and_named(tmp_path):
-    proc, calls, _ = run_check(tmp_path, "suites bench phases profile", total=3,
-                               min_part=2, sleep=2)
+    # the script counts whole seconds: 5 s in all leave the first part 4 or 5 s for its
+    # 3 s, and the second 1 or 2 s, under the 3 s it needs
+    proc, calls, _ = run_check(tmp_path, "suites bench phases profile", total=5,
+                               min_part=3, sleep=3)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert parts_run(calls) == ["suites"]
     assert "=== bench skipped: " in proc.stdout
@@ -131,8 +140,8 @@ def test_settings_report_their_failure_and_each_setting_is_timed_within_the_tota
         "CUDA_MATVEC_WORDS=8,16 --repeat 3 --config S --config M",
         "CUDA_ROWS_PER_WARP=4,8 --repeat 3 --config S"]
     assert proc.returncode == 1 and "settings exit 1;" in proc.stdout, proc.stdout
-    proc, calls, _ = run_check(tmp_path, "settings", settings=settings, total=3,
-                               min_part=2, sleep=2)
+    proc, calls, _ = run_check(tmp_path, "settings", settings=settings, total=5,
+                               min_part=3, sleep=3)
     assert len(calls) == 1 and proc.returncode == 0
     assert "skipped for time: settings CUDA_ROWS_PER_WARP=4,8" in proc.stdout, proc.stdout
 
@@ -142,11 +151,30 @@ def test_the_baseline_and_this_tree_are_timed_in_turn_where_a_baseline_is_there(
     tree.mkdir()
     (tree / "pyproject.toml").write_text("")
     (tree / "REVISION").write_text("0123abc\n")
-    proc, calls, _ = run_check(tmp_path, "baseline profile", baseline=tree)
+    # given relative to the caller's folder: found although the script changes folders
+    proc, calls, _ = run_check(tmp_path, "baseline profile", baseline="baseline",
+                               cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert parts_run(calls) == ["baseline", "baseline", "profile"]
     assert "=== baseline 0123abc then this tree" in proc.stdout
     assert "baseline exit 0, profile exit 0;" in proc.stdout
+    # the baseline's own install first, then the check's install of this tree
+    paths = [line.split(" ", 1)[0] for line in
+             (tmp_path / "calls.log.paths").read_text().splitlines()
+             if "CUDA_SPLIT_PARTS=auto" in line or "cuda_step_profile" in line]
+    assert len(paths) == 3 and paths[0] != paths[1] == paths[2], paths
+    # a baseline that does not install fails the part; this tree is still timed
+    proc, calls, _ = run_check(tmp_path, "baseline profile", baseline=tree, fail_pip_in=tree)
+    assert parts_run(calls) == ["baseline", "profile"]
+    assert "baseline exit 1, profile exit 0;" in proc.stdout and proc.returncode == 1
     (tree / "pyproject.toml").unlink()          # no baseline tree: the part is left out
     proc, calls, _ = run_check(tmp_path, "baseline profile", baseline=tree)
     assert parts_run(calls) == ["profile"] and "baseline exit" not in proc.stdout
+
+
+@pytest.mark.parametrize("limit", ["TOTAL_S", "MIN_PART_S", "XL_S"])
+def test_a_limit_of_no_seconds_is_refused(tmp_path, limit):
+    """``timeout 0`` means no limit at all: a limit must be at least 1 s."""
+    proc, calls, _ = run_check(tmp_path, "xl", **{limit: 0})
+    assert proc.returncode == 2 and calls == []
+    assert "at least 1" in proc.stdout and limit.rsplit("_", 1)[0] in proc.stdout
