@@ -5,7 +5,7 @@
 #   suites    the CUDA parity, API, error and hardening suites at the production block size
 #             (FASTSARNN_TEST_CUDA_BLOCK = fastsarnn._config.CUDA_BLOCK_SIZE, unless
 #             FASTSARNN_GPU_BLOCK says otherwise), with their slowest tests;
-#   bench     fastsarnn bench with the GPU peers: --backends cuda,torch-cuda,
+#   bench     fastsarnn bench with the GPU peers: --backends cuda,cuda-device,torch-cuda,
 #             torch-cuda-graph,c (c left out where the C backend was not built) on S, M, L,
 #             step, with the runners' untimed first run (compilation, graph capture);
 #   xl        the same on XL (its float64 NumPy reference alone takes about a minute);
@@ -139,7 +139,7 @@ if "$PY" -c "import xdist" 2>/dev/null; then
     PARALLEL=(-n "${FASTSARNN_GPU_WORKERS:-12}" --dist load)
 fi
 # the C backend is a reference point; the bench runs without it where it was not built
-PEERS=cuda,torch-cuda,torch-cuda-graph
+PEERS=cuda,cuda-device,torch-cuda,torch-cuda-graph
 if grep -qE '^ +c +available' "$LOGS/info.log"; then
     PEERS=$PEERS,c
 else

@@ -183,11 +183,14 @@ def test_bad_options_fail_clearly(tmp_path, args, msg):
     assert "Traceback" not in out.stderr
 
 
-def test_unavailable_backend_is_an_error_not_a_skip(tmp_path):
+@pytest.mark.parametrize("name", ["cuda", "cuda-device"])
+def test_unavailable_backend_is_an_error_not_a_skip(tmp_path, name):
     if fs.backends()["cuda"].available:
         pytest.skip("cuda is available here")
-    out = run_cli(["--quick", "--backends", "cuda"], tmp_path)
+    out = run_cli(["--quick", "--backends", name], tmp_path)
     assert out.returncode == 2 and "unavailable" in out.stderr
+    assert name == "cuda" or "'cuda-device' runs backend 'cuda'" in out.stderr
+    assert "cuda-device" not in bench.available_runners()
 
 
 def test_custom_sizes_and_flop_count(tmp_path):

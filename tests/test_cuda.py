@@ -57,6 +57,27 @@ def test_device_arrays_in_device_arrays_out():
     assert max_err(out.c_last.copy_to_host(), ref.c_last) <= tol(model)
 
 
+def test_the_bench_times_cuda_on_device_arrays_as_well():
+    """``cuda-device``: the bench's runner of the cuda backend with device arrays in and out
+    (the input uploaded once, the outputs left on the device); checked like every runner,
+    forward only, listed after ``cuda`` wherever cuda runs."""
+    import dataclasses
+    from fastsarnn import bench
+    names = bench.available_runners()
+    assert names.index("cuda-device") == names.index("cuda") + 1
+    assert bench.available_runners(["cuda-device"]) == ["cuda-device"]
+    cfg = bench.Config("tiny", 2, 7, 5, 6)
+    recs = bench.run_config(cfg, ["cuda", "cuda-device"], repeat=1)
+    assert [r["backend"] for r in recs] == ["cuda", "cuda-device"]
+    assert all(r["within_tolerance"] and r["kind"] == "backend" for r in recs), recs
+    model, x = bench.make_problem(cfg)
+    h, c = bench.runner(cfg, model, x, "cuda-device")()
+    assert is_device_array(h) and is_device_array(c)
+    assert max_err(np.asarray(h), reference(model, x).h) <= tol(model)
+    with pytest.raises(bench.NotApplicable, match="forward only"):
+        bench.runner(dataclasses.replace(cfg, step=True), model, x, "cuda-device")
+
+
 def test_device_arrays_stream_with_a_state_and_lengths():
     from numba import cuda
     model = make_model(score="additive", window=3, D=5, H=6, Ha=4, dtype="float32")

@@ -58,8 +58,13 @@ QUICK = {
     "step": Config("step", 1, 48, 16, 32, step=True),
     "XL": Config("XL", 64, 48, 16, 32, gpu_scale=True),
 }
+#: Backends timed a second time with device arrays in and out (runner name -> backend): the
+#: input is uploaded once before the timing and the outputs stay on the device, so the
+#: time is the backend's own, without the copies of NumPy in/out over the bus (PCIe);
+#: ``forward`` only (``step`` takes NumPy ``x_t``).
+DEVICE_RUNNERS = {"cuda-device": "cuda"}
 #: Runners that use a GPU: their presence adds the GPU-scale configurations by default.
-GPU_RUNNERS = ("cuda", "torch-cuda", "torch-cuda-graph")
+GPU_RUNNERS = ("cuda", "cuda-device", "torch-cuda", "torch-cuda-graph")
 #: Runners not timed by default on GPU-scale configurations (minutes per run on a CPU): the
 #: NumPy reference (its float64 run still checks every result there) and the CPU peers.
 SKIPPED_AT_GPU_SCALE = ("numpy", "torch", "jax")
@@ -172,6 +177,8 @@ def runner(cfg: Config, model, x, who: str):
             outs = [step(x[:, t]) for t in range(cfg.T)]
             return np.stack([o[0] for o in outs], 1), np.stack([o[1] for o in outs], 1)
         return run_peer_steps
+    if who in DEVICE_RUNNERS:
+        return _device_runner(cfg, model, x, DEVICE_RUNNERS[who])
     if not cfg.step:
         def run_forward():
             out = model.forward(x, backend=who)
@@ -190,13 +197,33 @@ def runner(cfg: Config, model, x, who: str):
     return run_steps
 
 
+def _device_runner(cfg, model, x, backend):
+    """``forward`` on device arrays: ``x`` uploaded once, here; each run returns the
+    outputs as device arrays (``np.asarray`` copies them to the host, for the check)."""
+    if cfg.step:
+        raise NotApplicable("device arrays in and out: forward only (step takes NumPy x_t)")
+    be = _registry._load(backend)
+    d_x = be.to_device(np.ascontiguousarray(x, dtype=model.dtype))
+
+    def run_on_device():
+        out = model.forward(d_x, backend=backend)    # returns once the kernels finished
+        return out.h, out.c
+    return run_on_device
+
+
 def available_runners(backends=None):
     """Names to benchmark: available backends (never silently dropping an explicit one),
     then the NumPy reference, then the peers that can run here."""
     info = _registry.backends()
     if backends:
         for b in backends:
-            if b in _peers.PEER_NAMES:
+            if b in DEVICE_RUNNERS and not info[DEVICE_RUNNERS[b]].available:
+                raise _registry.BackendUnavailableError(
+                    f"{b!r} runs backend {DEVICE_RUNNERS[b]!r}, which is unavailable: "
+                    f"{info[DEVICE_RUNNERS[b]].reason}")
+            elif b in DEVICE_RUNNERS:
+                continue
+            elif b in _peers.PEER_NAMES:
                 ok, reason = _peers.peer_available(b)
                 if not ok:
                     raise _registry.BackendUnavailableError(f"peer {b!r} cannot run: {reason}")
@@ -204,7 +231,8 @@ def available_runners(backends=None):
                 raise _registry.BackendUnavailableError(
                     f"backend {b!r} is unavailable: {info[b].reason}")
         return list(backends)
-    names = [n for n in ("c", "numba", "cuda") if info[n].available] + ["numpy"]
+    names = [n for n in ("c", "numba", "cuda") if info[n].available]
+    names += [d for d, b in DEVICE_RUNNERS.items() if info[b].available] + ["numpy"]
     return names + [p for p in _peers.PEER_NAMES if _peers.peer_available(p)[0]]
 
 
@@ -364,6 +392,7 @@ def run_config(cfg: Config, names, repeat: int, sgemm: float | None = None, prog
         time.sleep(SETTLE_S)
         t_warm = time.perf_counter()
         h, c = run()                       # warm-up (JIT, caches, graph capture) and parity
+        h, c = np.asarray(h), np.asarray(c)    # a device runner's outputs: to the host
         warm_s = time.perf_counter() - t_warm
         if estimate is not None:
             estimate.ran(cfg.name, who, warm_s)
@@ -490,7 +519,7 @@ def gpu_name(names=()) -> str | None:
     """The GPU the GPU runners use (PyTorch's device name, else the CUDA backend's)."""
     name = _peers.gpu_name() if any(n.startswith("torch-cuda") for n in names) or not names \
         else None
-    if name is None and "cuda" in names:
+    if name is None and ("cuda" in names or "cuda-device" in names):
         describe = getattr(_registry._load("cuda"), "describe", None)
         name = describe() if describe else "CUDA device"
     return name
@@ -508,7 +537,8 @@ def add_arguments(p):
                    help="configuration to run (repeatable; default: S, M, L, step, and XL "
                         "when a GPU backend or peer is present)")
     p.add_argument("--backends", help="comma list of backends/peers (default: every "
-                   "available backend, numpy and the peers that can run here: "
+                   "available backend, cuda also as cuda-device (device arrays in and "
+                   "out, forward only), numpy and the peers that can run here: "
                    f"{', '.join(_peers.PEER_NAMES)})")
     p.add_argument("--repeat", type=int, default=5,
                    help="timed runs per runner after one warm-up; the table shows the "
@@ -555,7 +585,8 @@ def run_cli(args, parser) -> int:
     req = None
     if args.backends:
         req = [b.strip() for b in args.backends.split(",") if b.strip()]
-        valid = list(_registry.BACKEND_MODULES) + list(_peers.PEER_NAMES)
+        valid = (list(_registry.BACKEND_MODULES) + list(DEVICE_RUNNERS)
+                 + list(_peers.PEER_NAMES))
         bad = [b for b in req if b not in valid]
         if bad:
             parser.error(f"unknown backend(s) {bad}; expected names from {valid}")
