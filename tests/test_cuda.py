@@ -71,11 +71,26 @@ def test_the_bench_times_cuda_on_device_arrays_as_well():
     assert [r["backend"] for r in recs] == ["cuda", "cuda-device"]
     assert all(r["within_tolerance"] and r["kind"] == "backend" for r in recs), recs
     model, x = bench.make_problem(cfg)
-    h, c = bench.runner(cfg, model, x, "cuda-device")()
+    seen = []
+    forward = model.forward
+
+    def recording(x_in, **kwargs):
+        seen.append(x_in)
+        return forward(x_in, **kwargs)
+
+    model.forward = recording
+    run = bench.runner(cfg, model, x, "cuda-device")
+    h, c = run()
+    run()
+    # uploaded once, when the runner was made: every run gets that device array
+    assert len(seen) == 2 and seen[0] is seen[1] and is_device_array(seen[0])
     assert is_device_array(h) and is_device_array(c)
     assert max_err(np.asarray(h), reference(model, x).h) <= tol(model)
     with pytest.raises(bench.NotApplicable, match="forward only"):
         bench.runner(dataclasses.replace(cfg, step=True), model, x, "cuda-device")
+    # a GPU runner: it brings the GPU-scale configuration and names the device
+    assert "XL" in [c.name for c in bench.default_configs(["cuda-device", "numpy"])]
+    assert bench.suite.gpu_name(["cuda-device"]) == _be().describe()
 
 
 def test_device_arrays_stream_with_a_state_and_lengths():

@@ -60,8 +60,10 @@ QUICK = {
 }
 #: Backends timed a second time with device arrays in and out (runner name -> backend): the
 #: input is uploaded once before the timing and the outputs stay on the device, so the
-#: time is the backend's own, without the copies of NumPy in/out over the bus (PCIe);
-#: ``forward`` only (``step`` takes NumPy ``x_t``).
+#: time leaves out the copies of NumPy in/out over the bus (PCIe) and the host's work on
+#: NumPy arrays, and includes what a call on device arrays does (the finiteness check of
+#: ``x`` on the device, new zeroed output arrays there); ``forward`` only (``step`` takes
+#: NumPy ``x_t``).
 DEVICE_RUNNERS = {"cuda-device": "cuda"}
 #: Runners that use a GPU: their presence adds the GPU-scale configurations by default.
 GPU_RUNNERS = ("cuda", "cuda-device", "torch-cuda", "torch-cuda-graph")
@@ -660,7 +662,8 @@ def run_cli(args, parser) -> int:
                        "warnings": warnings, "records": records}, f, indent=1)
     if args.plot:
         from .plotting import plot
-        cpu_names = [n for n in names if n not in _peers.PEER_NAMES and n != "cuda"]
+        cpu_names = [n for n in names if n not in _peers.PEER_NAMES and n != "cuda"
+                     and n not in DEVICE_RUNNERS]
         sweep = scaling_sweep(cpu_names or names, args.quick)
         plot(records, sweep, args.plot)
     bad = [r for r in timed if not r["within_tolerance"]]
