@@ -102,6 +102,12 @@ for limit in TOTAL_LIMIT MIN_PART TESTS_LIMIT BENCH_LIMIT XL_LIMIT SPLIT_LIMIT P
                   "'${!limit}' for $limit"; exit 2; }
 done
 stopped() { [ "$1" = 124 ] || [ "$1" = 137 ]; }   # timeout's codes: TERM, then KILL
+# finished PART RC WHAT: a run of PART exited RC; say so where WHAT ran past its limit, and
+# keep PART's exit: 0 where every run of it so far exited 0, else the latest failure
+finished() {
+    stopped "$2" && echo "(stopped: $3 ran past ${LIMIT}s)"
+    if [ "$2" != 0 ] || [ -z "${RCS[$1]:-}" ]; then RCS[$1]=$2; fi
+}
 SKIPPED=()
 # within NAME LIMIT: set LIMIT to the part's own limit or what is left of the total
 # (FASTSARNN_GPU_TOTAL_S, counted from the start), whichever is less; where less than
@@ -157,13 +163,11 @@ part_suites() {
         "$ROOT/tests/test_hardening.py" "$ROOT/tests/test_api.py" \
         -k "not million and not valgrind and not long_sequence and not installed_one" \
         > "$LOGS/cuda_suites.log" 2>&1
-    RCS[suites]=$?
+    local rc=$?
     grep -E "^(FAILED|ERROR)|passed|failed|error|^[0-9.]+s (call|setup)" "$LOGS/cuda_suites.log" \
         | tail -n 40
-    if stopped "${RCS[suites]}"; then
-        tail -c 600 "$LOGS/cuda_suites.log"; echo
-        echo "(the suites ran past ${LIMIT}s and were stopped; progress above)"
-    fi
+    stopped "$rc" && { tail -c 600 "$LOGS/cuda_suites.log"; echo; }   # its progress
+    finished suites "$rc" "the suites"
 }
 
 # cold start: the untimed first run of each runner (kernel compilation, graph capture)
@@ -187,8 +191,7 @@ bench_part() {
     rm -f "$LOGS/$name.json"     # written at the bench's end: none if it was stopped
     timeout -k 10 "$LIMIT" "$PY" -m fastsarnn bench --backends "$PEERS" "${args[@]}" \
         --repeat 3 --no-progress --json "$LOGS/$name.json" 2>&1 | tee "$LOGS/$name.log"
-    RCS[$part]=${PIPESTATUS[0]}
-    stopped "${RCS[$part]}" && echo "(the bench ran past ${LIMIT}s and was stopped)"
+    finished "$part" "${PIPESTATUS[0]}" "the bench"
     first_runs "$LOGS/$name.json"
 }
 part_bench() { bench_part bench "$BENCH_LIMIT" gpu_bench S M L step; }
@@ -203,8 +206,7 @@ script_part() {
     local cut=(cat)
     [ "$width" -gt 0 ] && cut=(cut -c "1-$width")
     timeout -k 10 "$LIMIT" "$PY" "$ROOT/benchmarks/$@" 2>&1 | tee "$LOGS/$log" | "${cut[@]}"
-    RCS[$name]=${PIPESTATUS[0]}
-    stopped "${RCS[$name]}" && echo "(it ran past ${LIMIT}s and was stopped)"
+    finished "$name" "${PIPESTATUS[0]}" "it"
 }
 part_cold() {
     script_part cold "$COLD_LIMIT" \
@@ -226,7 +228,7 @@ part_phases() {
 }
 
 part_settings() {
-    local setting configs c rc
+    local setting configs c
     # split on spaces and newlines (a setting per line is fine), never globbed
     local settings=()
     read -ra settings <<< "$(printf '%s' "${FASTSARNN_GPU_SETTINGS:-}" | tr '\n' ' ')"
@@ -242,40 +244,31 @@ part_settings() {
         timeout -k 10 "$LIMIT" "$PY" "$ROOT/benchmarks/cuda_config_compare.py" \
             --setting "$setting" --repeat 3 "${config_args[@]}" 2>&1 \
             | tee -a "$LOGS/settings.log"
-        rc=${PIPESTATUS[0]}
-        stopped "$rc" && echo "(the comparison ran past ${LIMIT}s and was stopped)"
-        # the part's exit: 0 where every comparison that ran exited 0, else the last failure
-        if [ "$rc" != 0 ] || [ -z "${RCS[settings]:-}" ]; then RCS[settings]=$rc; fi
+        finished settings "${PIPESTATUS[0]}" "the comparison"
     done
 }
 
 part_baseline() {
     [ -f "$BASELINE/pyproject.toml" ] || return 0
     within baseline "$BASELINE_LIMIT" || return 0
-    local rev old_site site rc
+    local rev old_site site
     rev=$(cat "$BASELINE/REVISION" 2>/dev/null || echo '(unknown revision)')
     echo "=== baseline $rev then this tree, S M step, limit ${LIMIT}s each"
     old_site=$(mktemp -d)
     (cd "$BASELINE" && "$PY" -m pip install -q --no-index --no-deps \
         --no-build-isolation --no-compile --target "$old_site" .) > "$LOGS/baseline_install.log" 2>&1 \
-        || { tail -5 "$LOGS/baseline_install.log"; RCS[baseline]=1; }
+        || { tail -5 "$LOGS/baseline_install.log"; finished baseline 1 "its install"; }
     # one process per tree (each imports its own fastsarnn), in turn, each within the
     # limit: this tree runs even where the baseline failed or was stopped
     local trees=("$SITE")
     [ -z "${RCS[baseline]:-}" ] && trees=("$old_site" "$SITE")   # else: it did not install
     for site in "${trees[@]}"; do
-        if [ "$site" = "$SITE" ]; then
-            within "baseline (this tree)" "$BASELINE_LIMIT" || break
-        else
-            within "baseline ($rev)" "$BASELINE_LIMIT" || break
-        fi
+        within "baseline ($([ "$site" = "$SITE" ] && echo "this tree" || echo "$rev"))" \
+            "$BASELINE_LIMIT" || break
         PYTHONPATH="$site${OTHER_PATHS:+:$OTHER_PATHS}" timeout -k 10 "$LIMIT" \
             "$PY" "$ROOT/benchmarks/cuda_config_compare.py" --setting CUDA_SPLIT_PARTS=auto \
             --repeat 3 --config S --config M --config step 2>&1 | tee -a "$LOGS/baseline.log"
-        rc=${PIPESTATUS[0]}
-        stopped "$rc" && echo "(the comparison ran past ${LIMIT}s and was stopped)"
-        # the part's exit: 0 where both trees ran and exited 0, else the last failure
-        if [ "$rc" != 0 ] || [ -z "${RCS[baseline]:-}" ]; then RCS[baseline]=$rc; fi
+        finished baseline "${PIPESTATUS[0]}" "the comparison"
     done
 }
 

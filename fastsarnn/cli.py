@@ -152,22 +152,21 @@ def main(argv=None) -> int:
             _selected_backend()             # an unknown $FASTSARNN_BACKEND is an error: say so
         if args.command == "info":
             status = info()
-            sys.stdout.flush()      # a reader gone shows here, not at the exit's flush
-            return status
-        if args.command == "demo":
+        elif args.command == "demo":
             dp = subparsers["demo"]
             if args.n < 1:
                 dp.error(f"--n must be >= 1; got {args.n}")
             _check_backend(dp, args.backend)
             from . import demo as _demo
             _demo.run(n=args.n, seed=args.seed, backend=args.backend, plot=args.plot)
-            sys.stdout.flush()
-            return 0
-        if args.command == "bench":
+            status = 0
+        elif args.command == "bench":
             from .bench import run_cli
             status = run_cli(args, subparsers["bench"])
-            sys.stdout.flush()
-            return status
+        else:
+            return 2
+        sys.stdout.flush()          # a reader gone shows here, not at the exit's flush
+        return status
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.status
@@ -186,4 +185,3 @@ def main(argv=None) -> int:
         # a setting that cannot run here, a file that cannot be written
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 2

@@ -219,12 +219,12 @@ def available_runners(backends=None):
     info = _registry.backends()
     if backends:
         for b in backends:
-            if b in DEVICE_RUNNERS and not info[DEVICE_RUNNERS[b]].available:
-                raise _registry.BackendUnavailableError(
-                    f"{b!r} runs backend {DEVICE_RUNNERS[b]!r}, which is unavailable: "
-                    f"{info[DEVICE_RUNNERS[b]].reason}")
-            elif b in DEVICE_RUNNERS:
-                continue
+            if b in DEVICE_RUNNERS:
+                backend = DEVICE_RUNNERS[b]
+                if not info[backend].available:
+                    raise _registry.BackendUnavailableError(
+                        f"{b!r} runs backend {backend!r}, which is unavailable: "
+                        f"{info[backend].reason}")
             elif b in _peers.PEER_NAMES:
                 ok, reason = _peers.peer_available(b)
                 if not ok:
