@@ -12,7 +12,9 @@ the PATH (a CUDA toolkit), it also assembles each kernel and checks that its reg
 a block of the launch bound (65536 per block) and that the float32 kernels a GPU runs by
 default (shuffles, shared scratch) spill nothing; other spills are reported, as are those
 of that default kernel built for two blocks per SM (``CUDA_MIN_BLOCKS_PER_SM = 2``), whose
-launch bound and register cap it checks. It needs NVVM,
+launch bound and register cap it checks, and the packed kernel (several sequences per
+block, ``CUDA_SEQUENCES_PER_BLOCK``) as a GPU runs it, which must not spill in float32
+either. It needs NVVM,
 which the CUDA wheels bring, for example (about 320 MB, into a scratch folder):
 
     pip install --target /tmp/cu13 --no-deps nvidia-nvvm==13.5.37 nvidia-cuda-nvrtc==13.5.37 \
@@ -268,6 +270,39 @@ def main(argv=None):
                       f"prefetch=False, two blocks "
                       f"per SM: launch bound {bound}, {nregs} registers x {nt} threads x 2 "
                       f"blocks, {spill} bytes spilled")
+        # the packed kernel (CUDA_SEQUENCES_PER_BLOCK): SB sequences per block, a warp of
+        # 32 lanes each, as a GPU runs it (shuffles, shared scratch), keyed or not; the
+        # float32 one must keep its per-lane and per-sequence arrays in registers
+        hpl, qpl = args.sizes[1:]
+        rows = be.rows_in_flight(be.rows_per_warp(), hpl, dtype)
+        for SB, keyed in itertools.product((4, 8), (False, True)):
+            pnt = be.WARP * SB
+            name = f"packed {dtype} {SB} sequences per block keyed={keyed}"
+            kern = be._build_sequence_kernel(dtype, True, False, rows, False, pnt, hpl, qpl,
+                                             keyed=keyed, prefetch=False, packed=SB)
+            bound = kern.targetoptions.get("launch_bounds")
+            t0 = time.perf_counter()
+            try:
+                ptx, _ = cuda.compile_ptx(kern.py_func, seq_sig, cc=cc, launch_bounds=pnt)
+            except Exception as exc:
+                failures += 1
+                print(f"FAIL {name}: {type(exc).__name__}: {exc}")
+                continue
+            timing = f"compiled in {time.perf_counter() - t0:.1f} s"
+            f64 = [ln.split()[0] for ln in ptx.splitlines()
+                   if re.match(r"\s*[a-z]", ln) and ".f64" in ln.split()[0]]
+            extra = [op for op in f64 if not op.startswith(("cvt.", "sqrt.", "rcp."))]
+            local = len(re.findall(r"\b(?:ld|st)\.local", ptx))
+            ok = bound == pnt and "cudaCG" not in ptx and (
+                dtype == "float64" or (not extra and not local))
+            regs = ""
+            if ptxas:
+                nregs, spill = _ptxas_usage(ptxas, ptx, cc)
+                ok = ok and nregs * pnt <= 65536 and (dtype == "float64" or not spill)
+                regs = f", {nregs} registers x {pnt} threads, {spill} bytes spilled"
+            failures += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} {name}: launch bound {bound}, local memory "
+                  f"accesses={local}{regs}, f64 ops={sorted(set(f64))[:4]}; {timing}")
         small = ((be._project_kernel, (A1, t.int64, t.int64, A3, I1, A3, A3)),
                  (be._fill_zero_kernel, (A1,)), (be._nonfinite_kernel, (A3, I1, I1)))
         for kern, sig in small:

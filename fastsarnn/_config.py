@@ -112,6 +112,15 @@ CUDA_SPLIT_STEP_MIN_POSITIONS = 1024
 #: at a grid barrier's cost. Unmeasured on a GPU. True or False; compile-time constant of
 #: the split kernel, read at launch.
 CUDA_SPLIT_PRODUCTS = False
+#: CUDA, many sequences: 1 (the default) runs each sequence on a block of its own (the
+#: kernel above); an integer S in [2, 32] runs S sequences per block instead, one warp each
+#: (a warp of min(CUDA_BLOCK_SIZE, 32) lanes, so blocks of that many times S threads):
+#: each warp attends over its own sequence's history alone (no merge across warps), and
+#: the block's threads share the matrix-vector products, each weight loaded once for the S
+#: sequences. For batches of more sequences than SMs (XL: 1024 sequences, 132 SMs), where
+#: one block per sequence runs in waves and reads every weight once per sequence and
+#: step. Never splits a sequence over blocks. Unmeasured on a GPU. Read at launch.
+CUDA_SEQUENCES_PER_BLOCK = 1
 #: CUDA: keep compiled sequence kernels in Numba's on-disk cache (numba-cuda's
 #: ``cache=True``: the ``__pycache__`` beside fastsarnn's sources, or NUMBA_CACHE_DIR), so a
 #: new process loads a kernel it compiled before (seconds per kernel variant otherwise).

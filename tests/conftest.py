@@ -64,8 +64,12 @@ def pytest_report_header(config):
 @pytest.fixture(autouse=True)
 def _small_cuda_blocks(request, monkeypatch):
     """CUDA runs use tiny blocks (FASTSARNN_TEST_CUDA_BLOCK, default 4) so that small inputs
-    span several blocks and leave partial ones (H, Ha and n not multiples of the block)."""
+    span several blocks and leave partial ones (H, Ha and n not multiples of the block);
+    FASTSARNN_TEST_CUDA_SEQUENCES_PER_BLOCK (default 1) runs them on the packed kernel,
+    that many sequences per block."""
     if "backend" in request.fixturenames and request.getfixturevalue("backend") == "cuda":
         from fastsarnn import _config
         monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE",
                             int(os.environ.get("FASTSARNN_TEST_CUDA_BLOCK", "4")))
+        monkeypatch.setattr(_config, "CUDA_SEQUENCES_PER_BLOCK",
+                            int(os.environ.get("FASTSARNN_TEST_CUDA_SEQUENCES_PER_BLOCK", "1")))

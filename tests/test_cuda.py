@@ -389,7 +389,7 @@ def test_rows_capped_by_the_registers_for_them(monkeypatch, dtype, rows):
     capped = be._sequence_kernel(*kernel_args)
     assert capped is not wide
     assert capped is be._KERNELS[(dtype, False, False, rows, False, 4, 2, 2, 16, 1, False,
-                                  False, False, False)]
+                                  False, False, False, 1)]
     for score, window in (("dot", None), ("kq", 3), ("additive", None)):
         model = make_model(score=score, window=window, dtype=dtype, D=5, H=8, Ha=5)
         x = make_x(2, 7, 5)
@@ -421,7 +421,8 @@ def test_each_kernel_variant_has_its_own_disk_cache_key():
     keys = [key(), key(MB=2), key(nt=512), key(nt=64), key(dtype_name="float64"),
             key(shuffles=False), key(global_scratch=True), key(G=4), key(split=True),
             key(split=True, split_products=True), key(HPL=8), key(QPL=8), key(MV=8),
-            key(keyed=True), key(prefetch=False)]
+            key(keyed=True), key(prefetch=False), key(prefetch=False, packed=8),
+            key(prefetch=False, packed=4)]
     assert len(set(keys)) == len(keys)
 
 
@@ -600,6 +601,93 @@ def _stream_matches_numpy(model, parts=1, blocks=1):
     for got, want in zip(outs["cuda"], outs["numpy"]):
         assert max_err(got, want) <= tol(model)
     assert outs["cuda"][-1].tolist() == [9, 7]
+
+
+# -- several sequences per block (the packed kernel: CUDA_SEQUENCES_PER_BLOCK) -----------------
+def _packed(monkeypatch, per_block, shared=True):
+    """Run ``per_block`` sequences per block (scratch in shared or global memory);
+    returns the block size a launch must then have: a warp of the test's lanes each."""
+    monkeypatch.setattr(_config, "CUDA_SEQUENCES_PER_BLOCK", per_block)
+    if not shared:
+        monkeypatch.setattr(_config, "CUDA_SHARED_BYTES", 0)
+    return min(_config.CUDA_BLOCK_SIZE, 32) * per_block
+
+
+def _assert_packed_launch(per_block, threads, shared=True):
+    launch = _be().last_launch()
+    assert launch["sequences_per_block"] == per_block
+    assert launch["threads"] == threads
+    assert (launch["parts"], launch["blocks_per_sequence"]) == (1, 1)
+    assert launch["global_scratch"] == (not shared)
+
+
+@pytest.mark.parametrize("per_block", [2, 3])
+@pytest.mark.parametrize("score,recurrence,window", [
+    ("dot", "c", None), ("scaled_dot", "hc", 3), ("general", "c", 4),
+    ("kq", "hc", None), ("additive", "c", 3)])
+def test_several_sequences_per_block_match_the_reference(monkeypatch, score, recurrence,
+                                                         window, per_block):
+    """Two sequences of lengths 5 and 3 in one block (and, with 3 per block, a warp
+    whose sequence is past the batch): every score, both recurrences, windows, streaming
+    (forward, step, forward), dense and compact attention."""
+    threads = _packed(monkeypatch, per_block)
+    model = make_model(score=score, recurrence=recurrence, window=window, D=5, H=6, Ha=4)
+    _stream_matches_numpy(model)
+    _assert_packed_launch(per_block, threads)
+
+
+@pytest.mark.parametrize("per_block,shared,H", [(2, True, 6), (4, True, 6), (2, False, 6),
+                                                (2, True, 11)],
+                         ids=["2", "4", "2-global_scratch", "2-H11"])
+def test_packed_blocks_with_lengths_and_a_partial_last_block(monkeypatch, per_block, shared,
+                                                             H):
+    """Five sequences of lengths 7, 3, 0, 5, 1 (one that does not run, blocks whose
+    sequences end at different steps, a last block with sequences past the batch),
+    forward with attention, three steps (the second and third repeat the first's launch,
+    _launch_again), a forward: outputs, state and history against the reference; with
+    H = 11, more outputs than a 2-warp block of 4 lanes has threads (each thread computes
+    two)."""
+    threads = _packed(monkeypatch, per_block, shared)
+    be = _be()
+    step_launches = []
+    launch = be._launch
+
+    def counting(*args, **kwargs):
+        if kwargs.get("slot") is not None:      # a step's (a forward has none)
+            step_launches.append(1)
+        return launch(*args, **kwargs)
+
+    monkeypatch.setattr(be, "_launch", counting)
+    model = make_model(score="kq", recurrence="hc", window=4, D=5, H=H, Ha=3)
+    x = make_x(5, 12, 5)
+    lengths = np.array([7, 3, 0, 5, 1])
+    outs = {}
+    for backend in ("cuda", "numpy"):
+        st = model.init_state(5)
+        a = model.forward(x[:, :7], lengths=lengths, state=st, return_attention=True,
+                          backend=backend)
+        steps = [model.step(x[:, 7 + i], st, backend=backend) for i in range(3)]
+        b = model.forward(x[:, 10:], state=st, return_attention="window", backend=backend)
+        outs[backend] = (a.h, a.c, a.attention, *[v for hc in steps for v in hc], b.h, b.c,
+                         b.attention, st.h, st.c, st.hist, st.positions)
+        if backend == "cuda":
+            _assert_packed_launch(per_block, threads, shared)
+            assert len(step_launches) == 1
+    for got, want in zip(outs["cuda"], outs["numpy"]):
+        assert max_err(got, want) <= tol(model)
+    assert outs["cuda"][-1].tolist() == [12, 8, 5, 10, 6]
+
+
+def test_packed_blocks_at_the_production_block_size(monkeypatch):
+    """Warps of 32 lanes, three sequences per block (96 threads), float32: forward and
+    step against the reference."""
+    monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", PRODUCTION_BLOCK)
+    threads = _packed(monkeypatch, 3)
+    assert threads == 96
+    model = make_model(score="additive", recurrence="hc", window=3, D=5, H=7, Ha=4,
+                       dtype="float32")
+    _forward_then_step_exact(model)
+    _assert_packed_launch(3, threads)
 
 
 # -- one sequence's positions split over several blocks (a cooperative kernel) ----------------
@@ -824,6 +912,11 @@ def test_bad_config_is_refused(monkeypatch):
         with pytest.raises(ValueError, match="DISK_CACHE"):
             model.forward(make_x(1, 2, 5), state=st, backend="cuda")
     monkeypatch.setattr(_config, "CUDA_DISK_CACHE", False)
+    for per_block in (0, 33, 2.0, True, "2"):
+        monkeypatch.setattr(_config, "CUDA_SEQUENCES_PER_BLOCK", per_block)
+        with pytest.raises(ValueError, match="SEQUENCES_PER_BLOCK"):
+            model.forward(make_x(1, 2, 5), state=st, backend="cuda")
+    monkeypatch.setattr(_config, "CUDA_SEQUENCES_PER_BLOCK", 1)
     monkeypatch.setattr(_config, "CUDA_WARP_SHUFFLES", "sometimes")
     with pytest.raises(ValueError, match="WARP_SHUFFLES"):
         model.forward(make_x(1, 2, 5), state=st, backend="cuda")
@@ -1045,6 +1138,30 @@ def test_kernels_have_no_races(monkeypatch, case, threads, shuffles):
     assert (shuffled["calls"] > 0) == shuffles
 
 
+@pytest.mark.parametrize("score,recurrence,window,shared,shuffles,per_block", [
+    ("dot", "c", None, True, False, 2), ("scaled_dot", "hc", 3, True, True, 2),
+    ("kq", "hc", 3, False, False, 2), ("additive", "c", None, True, True, 2),
+    ("general", "hc", 4, False, True, 2), ("dot", "hc", None, True, False, 3),
+    ("kq", "c", 3, True, True, 3)])
+def test_packed_kernel_has_no_races(monkeypatch, score, recurrence, window, shared,
+                                    shuffles, per_block):
+    """The packed kernel (two or three sequences per block, warps of 4 lanes; with
+    shuffles, the second warp's mask names lanes 4-7 of the hardware warp; with three, a
+    warp whose sequence is past the batch): no two accesses that no barrier orders depend
+    on their order, no shared memory read before the block wrote it, through lengths, a
+    step, dense and compact attention."""
+    report, shuffled = _instrumented(monkeypatch, shuffles, 1)
+    threads = _packed(monkeypatch, per_block, shared)
+    model = make_model(score=score, recurrence=recurrence, window=window, D=5, H=6, Ha=4)
+    try:
+        _stream_matches_numpy(model)
+    finally:
+        assert not report.races, "\n".join(report.races)
+    _assert_packed_launch(per_block, threads, shared)
+    assert report.launches >= 4 and report.accesses > 1000, vars(report)
+    assert (shuffled["calls"] > 0) == shuffles
+
+
 @pytest.mark.parametrize("recurrence,threads,blocks", [
     ("c", 4, 1), ("c", 64, 1), ("hc", 64, 1), ("c", 4, 2), ("hc", 4, 2)])
 def test_the_projection_inside_the_kernel_has_no_races(monkeypatch, recurrence, threads,
@@ -1247,7 +1364,8 @@ def test_a_step_repeats_the_last_launch_only_while_nothing_it_was_made_from_chan
             assert max_err(g, w_) <= tol(model), t
         assert st.positions.tolist() == twin.positions.tolist()
         assert be.last_launch() == {"parts": 2 if t in (13, 14) else 1, "threads": 4,
-                                    "blocks_per_sequence": 1, "global_scratch": False}, t
+                                    "blocks_per_sequence": 1, "global_scratch": False,
+                                    "sequences_per_block": 1}, t
     n = twin.t
     assert max_err(st.hist[:, :n], twin.hist[:, :n]) <= tol(model)
     # 0: the first; 5: another setting; 6: the history grows (capacity 6 -> 12); 8: h

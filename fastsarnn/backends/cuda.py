@@ -158,12 +158,15 @@ def _make_warp_allsum(shuffles, G):
 
     Every thread of the block must call it the same number of times (the shared-memory
     version synchronises the block; the shuffle version needs every lane of the warp).
-    The shared-memory version uses ``buf[o_red + g * blockDim + tid]``.
+    The shared-memory version uses ``buf[o_red + g * blockDim + tid]``. A warp of
+    ``width < 32`` lanes is threads ``tid - lane .. tid - lane + width - 1``, aligned to
+    ``width`` within a hardware warp (the shuffles' mask names those lanes).
     """
     if shuffles:
         @cuda.jit(device=True)
         def warp_allsum(vals, lane, width, buf, o_red, tid):
-            mask = 0xFFFFFFFF if width == WARP else (1 << width) - 1
+            mask = (0xFFFFFFFF if width == WARP
+                    else ((1 << width) - 1) << ((tid - lane) % WARP))
             for g in range(G):
                 val = vals[g]
                 off = width // 2
@@ -226,6 +229,16 @@ def blocks_per_sm():
     return mb
 
 
+def sequences_per_block():
+    """``_config.CUDA_SEQUENCES_PER_BLOCK``, checked: 1 (a block per sequence) or the
+    sequences a block of the packed kernel runs, one warp each."""
+    sb = _config.CUDA_SEQUENCES_PER_BLOCK
+    if type(sb) is not int or not 1 <= sb <= 32:
+        raise ValueError(f"fastsarnn._config.CUDA_SEQUENCES_PER_BLOCK must be an integer in "
+                         f"[1, 32]; got {sb!r}")
+    return sb
+
+
 def _flag(name):
     """``_config.<name>``, checked to be True or False (not merely truthy)."""
     choice = getattr(_config, name)
@@ -271,6 +284,27 @@ def block_geometry(H, Ha, D, dtype, shuffles, G):
             break
         nt //= 2
     return nt, n, n * itemsize > limit
+
+
+def packed_geometry(H, Ha, D, dtype, shuffles, G, SB):
+    """(threads per block, scratch elements, scratch in global memory?) of the packed
+    kernel, ``SB`` sequences per block: a warp of ``min(CUDA_BLOCK_SIZE, 32)`` lanes per
+    sequence; its scratch in shared memory unless, with the ``2 * SB`` lengths and
+    positions beside it, it exceeds ``_config.CUDA_SHARED_BYTES``."""
+    nt = _config.CUDA_BLOCK_SIZE
+    if not isinstance(nt, int) or nt < 2 or nt > 1024 or nt & (nt - 1):
+        raise ValueError(f"fastsarnn._config.CUDA_BLOCK_SIZE must be a power of two in "
+                         f"[2, 1024]; got {nt!r}")
+    nt = min(nt, WARP) * SB      # at most 32 * 32 = 1024
+    n = packed_scratch_elements(H, Ha, D, nt, shuffles, G, SB)
+    return nt, n, n * np.dtype(dtype).itemsize + 16 * SB > int(_config.CUDA_SHARED_BYTES)
+
+
+def packed_scratch_elements(H, Ha, D, nt, shuffles, G, SB):
+    """Scratch layout of a block of the packed kernel (the kernel computes the same
+    offsets): per sequence ``h`` (H), ``c`` (H), ``q`` (max(H, Ha)), ``x_t`` (D), the sums
+    of ``h_t`` (H); then, without shuffles, the warp-reduce slots (G*nt)."""
+    return SB * (3 * H + max(H, Ha) + D) + (0 if shuffles else G * nt)
 
 
 def scratch_elements(H, Ha, D, nt, shuffles, G):
@@ -327,7 +361,7 @@ _DTYPE_NAMES = {"f": "float32", "d": "float64"}
 
 
 def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, MB=1,
-                     keyed=False, prefetch=False, split_products=False):
+                     keyed=False, prefetch=False, split_products=False, packed=1):
     """The sequence kernel for a dtype, warp-reduce flavour, scratch placement, G (capped
     by :func:`rows_in_flight`), whether it splits a sequence's positions over several
     blocks (a cooperative kernel), the block
@@ -343,23 +377,29 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, M
     ``prefetch``: whether a warp loads its next round's rows during the current round
     (:func:`prefetch_rows`), and ``split_products``: whether the blocks of a split
     sequence each compute a slice of ``h_t`` (:func:`split_products`; only with
-    ``split``); whether it goes to Numba's on-disk cache is read from
+    ``split``), and ``packed``: 1, or the sequences a block of the packed kernel runs, one
+    warp of ``nt // packed`` lanes each (:func:`sequences_per_block`; not with ``split``
+    nor ``prefetch``); whether it goes to Numba's on-disk cache is read from
     ``_config.CUDA_DISK_CACHE`` (:func:`disk_cache`) when it is built."""
     # by the arguments as given (a launch's look-up, paid per token by step): equal
     # arguments derive the same key below
     args = (dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, MB, keyed, prefetch,
-            split_products, _config.CUDA_ROW_CACHE_WORDS, _config.CUDA_DISK_CACHE)
+            split_products, packed, _config.CUDA_ROW_CACHE_WORDS, _config.CUDA_DISK_CACHE)
     kern = _KERNELS_BY_ARGS.get(args)
     if kern is not None:
         return kern
     nt = int(nt)
-    W = min(nt, WARP)
+    packed = int(packed)
+    if packed > 1 and (split or prefetch or nt % packed):
+        raise ValueError(f"the packed kernel ({packed} sequences per block of {nt} threads) "
+                         f"neither splits sequences nor loads rows a round ahead")
+    W = nt // packed if packed > 1 else min(nt, WARP)
     HPL = -(-int(H) // W)
     key = (_DTYPE_NAMES[np.dtype(dtype).char], shuffles, global_scratch,
            rows_in_flight(G, HPL, dtype),
            bool(split), nt, HPL, -(-max(int(H), int(Ha)) // W), int(MV), int(MB),
            bool(keyed), bool(prefetch), bool(split_products) and bool(split),
-           disk_cache())
+           disk_cache(), packed)
     with _KERNEL_LOCK:
         kern = _KERNELS.get(key)
         if kern is None:
@@ -372,7 +412,7 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, M
 
 def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, HPL, QPL,
                            MV=None, MB=1, keyed=False, prefetch=False, split_products=False,
-                           cache=False):
+                           cache=False, packed=1):
     tp = numba.float32 if dtype_name == "float32" else numba.float64
     MV = weights_in_flight(dtype_name) if MV is None else int(MV)
     warp_allsum = _make_warp_allsum(shuffles, G)
@@ -384,7 +424,13 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
     # SPLIT only: each block of a sequence computes its own slice of h_t's outputs, and
     # all read h_t back from the history row after a grid barrier
     SPLIT_PRODUCTS = bool(split_products) and SPLIT
-    W_C = min(int(nt), WARP)
+    # the packed kernel: SB sequences per block, one warp of nt // SB lanes each
+    SB = int(packed)
+    PACKED = SB > 1
+    W_C = int(nt) // SB if PACKED else min(int(nt), WARP)
+    # the packed kernel's block lengths and positions (a constant for the compiler: an
+    # expression would be typed as a run-time integer)
+    META = 2 * SB
     # the launch bound (not on the simulator, whose jit has no such option): without it the
     # compiler may use more registers per thread than a block of nt threads can have
     # (65536 per block), and the launch fails; with MB > 1 blocks per SM, a tighter cap
@@ -444,6 +490,38 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                 w = wv[u] if k + u < k1 else zero
                 s += w * cv[u]
         return s
+
+    @cuda.jit(device=True)
+    def column_dots(s, wts, o_w, ld, j, vec, o_vec, stride, k0, k1):
+        """``s[m] += sum_{k0 <= k < k1} wts[o_w + k*ld + j] * vec[o_vec + m*stride + k]``
+        for the ``SB`` sequences ``m`` of a packed block, added in the order of ``k``: each
+        weight is loaded once for all ``SB`` (``MV`` loads in flight, as
+        :func:`column_dot`), the vectors' elements are the same for every thread (a
+        broadcast from shared memory)."""
+        zero = tp(0.0)
+        wv = cuda.local.array(MV, tp)
+        k = k0
+        while k + MV <= k1:          # whole rounds: MV consecutive k, no clamping
+            base = o_w + k * ld + j
+            for u in range(MV):
+                wv[u] = wts[U(base + u * ld)]
+            for u in range(MV):
+                for m in range(SB):
+                    s[m] += wv[u] * vec[U(o_vec + m * stride + k + u)]
+            k += MV
+        if k < k1:                   # the last k1 - k < MV terms: indices clamped to k1 - 1
+            for u in range(MV):
+                kk = k + u
+                if kk > k1 - 1:
+                    kk = k1 - 1
+                wv[u] = wts[U(o_w + kk * ld + j)]
+            for u in range(MV):     # a select, not a branch: no load sinks into one
+                kk = k + u
+                w = wv[u] if kk < k1 else zero
+                if kk > k1 - 1:
+                    kk = k1 - 1
+                for m in range(SB):
+                    s[m] += w * vec[U(o_vec + m * stride + kk)]
 
     @cuda.jit(device=True)
     def load_group(hist, b, i0, hi, first_slot, span, H, lane, slots, rows):
@@ -849,6 +927,252 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
             if tid == 0:
                 positions[b] = pos0 + L
 
+    @cuda.jit(device=True)
+    def run_block(blk, wts, D, H, Ha, score, recurrence, window, inline_proj, x, lengths,
+                  hist, keys, hs, cs, positions, out_h, out_c, attn, want_attn, compact, buf,
+                  meta):
+        """The packed kernel's block ``blk``: sequences ``b = blk * SB + m``, ``m < SB``
+        (those past the batch have length 0), through ``max_m lengths[b]`` steps; warp
+        ``m`` attends for sequence ``m``, and the block's threads share the products.
+
+        Invariant at the top of step r: ``buf[m*SS : m*SS + H]``, ``buf[m*SS + H :
+        m*SS + 2H]`` hold ``h_{t-1}``, ``c_{t-1}`` of sequence ``m`` (its state where
+        ``r`` is past its length); history (and key) slots of every position before its
+        ``p`` that is still attended are written. ``meta[m]``, ``meta[SB + m]``: its
+        length and first position.
+
+        Per step: (1) thread ``tid`` computes outputs ``j = tid + u * NT`` of every
+        sequence's ``h_t`` (``W_c c [+ W_h h] [+ W_x x_t] + pre``), each weight loaded once
+        for the ``SB`` sequences; (2) the query and key likewise; (3) warp ``m`` attends
+        over sequence ``m``'s positions in rounds of ``G`` (lanes own dimensions, an online
+        softmax in registers: ``c_t = acc / l``, no merge across warps). Every thread runs
+        the same rounds, the most any sequence of the block needs (the shared-memory warp
+        reduce synchronises the block).
+        """
+        tid = cuda.threadIdx.x
+        NT = cuda.blockDim.x
+        W = W_C
+        lane = tid % W
+        warp = tid // W
+        B = x.shape[0]
+        o_wx, o_wc, o_wh, o_ws, o_wk, o_wq, o_b, o_v = weight_layout(D, H, Ha)
+        keyed = KEYED
+        additive = KEYED and score == 4
+        kdim = Ha if keyed else H
+        QD = Ha if Ha > H else H
+        SS = 3 * H + QD + D          # a sequence's scratch: h, c, q, x_t, h_t's sums
+        o_c = H
+        o_q = 2 * H
+        o_x = 2 * H + QD
+        o_s = o_x + D
+        o_red = SB * SS
+        zero = tp(0.0)
+        neg_inf = tp(-math.inf)
+        e_grp = cuda.local.array(G, tp)
+        slots = cuda.local.array(G, numba.int64)
+        rows = cuda.local.array(ROWS, tp)
+        acc_r = cuda.local.array(HPL, tp)
+        q_r = cuda.local.array(QPL, tp)
+        v_r = cuda.local.array(QPL, tp)
+        # a thread's sums of one output for the SB sequences (indices constant once the
+        # loops over m are unrolled: registers, not local memory)
+        s_h = cuda.local.array(SB, tp)           # (1) h_t's
+        s_q = cuda.local.array(SB, tp)           # (2) the query's ...
+        s_k = cuda.local.array(SB, tp)           # ... and the key's
+        inv_sqrt_h = tp(1.0 / math.sqrt(H))
+        b0 = blk * SB
+        if tid < SB:
+            bm = b0 + tid
+            meta[tid] = lengths[bm] if bm < B else 0
+            meta[SB + tid] = positions[bm] if bm < B else 0
+        for k in range(QPL):          # v is the same at every step: loaded once
+            a = lane + k * W
+            v_r[k] = wts[o_v + a] if (additive and a < kdim) else zero
+        # the state (and step 0's x_t) of every sequence, zeros past the batch
+        has_x = inline_proj and x.shape[1] > 0
+        for m in range(SB):
+            bm = b0 + m
+            for j in range(tid, H, NT):
+                buf[m * SS + j] = hs[bm, j] if bm < B else zero
+                buf[m * SS + o_c + j] = cs[bm, j] if bm < B else zero
+            for k in range(tid, D, NT):
+                buf[m * SS + o_x + k] = x[bm, 0, k] if (has_x and bm < B) else zero
+        cuda.syncthreads()
+        nsteps = 0
+        for m in range(SB):
+            if meta[m] > nsteps:
+                nsteps = meta[m]
+        b = b0 + warp                 # this warp's sequence (past the batch: length 0)
+        L = meta[warp]
+        pos0 = meta[SB + warp]
+        for r in range(nsteps):
+            if inline_proj and r > 0:     # step 0's x_t came with h and c
+                for m in range(SB):
+                    if r < meta[m]:
+                        for k in range(tid, D, NT):
+                            buf[m * SS + o_x + k] = x[b0 + m, r, k]
+                cuda.syncthreads()          # (1) reads all of x_t
+            # (1) h_t of every sequence: outputs j = tid + u*NT. With W_h h (recurrence hc)
+            # the sums wait in the scratch until every thread has read h; else h_t is
+            # stored at once (the products read only c and x_t)
+            for j0 in range(0, H, NT):
+                j = j0 + tid
+                # threads past H compute a copy of output H - 1 (never stored), without
+                # its projection, which out_h holds until the thread of H - 1 stores h_t
+                jc = j if j < H else H - 1
+                for m in range(SB):
+                    if inline_proj:
+                        s_h[m] = wts[o_b + jc]
+                    else:
+                        s_h[m] = (out_h[b0 + m, r, j] if (j < H and r < meta[m])
+                                  else zero)
+                column_dots(s_h, wts, o_wc, H, jc, buf, o_c, SS, 0, H)
+                if recurrence == 1:
+                    column_dots(s_h, wts, o_wh, H, jc, buf, 0, SS, 0, H)
+                if inline_proj:
+                    column_dots(s_h, wts, o_wx, H, jc, buf, o_x, SS, 0, D)
+                if j < H:
+                    for m in range(SB):
+                        if r < meta[m]:
+                            if recurrence == 1:
+                                buf[m * SS + o_s + j] = s_h[m]
+                            else:
+                                p_m = meta[SB + m] + r
+                                hv = math.tanh(s_h[m])
+                                buf[m * SS + j] = hv
+                                out_h[b0 + m, r, j] = hv
+                                hist[b0 + m, p_m % window if window > 0 else p_m, j] = hv
+            if recurrence == 1:
+                cuda.syncthreads()          # W_h h read h, which the stores below overwrite
+                for j in range(tid, H, NT):
+                    for m in range(SB):
+                        if r < meta[m]:
+                            p_m = meta[SB + m] + r
+                            hv = math.tanh(buf[m * SS + o_s + j])
+                            buf[m * SS + j] = hv
+                            out_h[b0 + m, r, j] = hv
+                            hist[b0 + m, p_m % window if window > 0 else p_m, j] = hv
+            cuda.syncthreads()
+            p = pos0 + r
+            slot = p % window if window > 0 else p
+            first = p - window + 1 if (window > 0 and p - window + 1 > 0) else 0
+            n = p - first + 1 if r < L else 0     # 0: this warp's sequence has ended
+            span = window if window > 0 else p + 1
+            first_slot = first % window if window > 0 else first
+            # (2) query (and key, appended to the key cache) of every sequence
+            if score >= 2:
+                for a0 in range(0, kdim, NT):
+                    a = a0 + tid
+                    ac = a if a < kdim else kdim - 1
+                    for m in range(SB):
+                        s_q[m] = zero
+                        s_k[m] = zero
+                    if keyed:
+                        column_dots(s_k, wts, o_wk, Ha, ac, buf, 0, SS, 0, H)
+                        column_dots(s_q, wts, o_wq, Ha, ac, buf, 0, SS, 0, H)
+                    else:
+                        column_dots(s_q, wts, o_ws, H, ac, buf, 0, SS, 0, H)
+                    if a < kdim:
+                        for m in range(SB):
+                            if r < meta[m]:
+                                buf[m * SS + o_q + a] = s_q[m]
+                                if keyed:
+                                    p_m = meta[SB + m] + r
+                                    keys[b0 + m, p_m % window if window > 0 else p_m,
+                                         a] = s_k[m]
+                cuda.syncthreads()
+                for k in range(QPL):
+                    a = lane + k * W
+                    q_r[k] = buf[warp * SS + o_q + a] if (n > 0 and a < kdim) else zero
+            else:   # the query is h_t (scaled)
+                q_scale = inv_sqrt_h if score == 1 else tp(1.0)
+                for k in range(QPL):
+                    a = lane + k * W
+                    q_r[k] = buf[warp * SS + a] * q_scale if a < H else zero
+            # (3) this warp's sequence: positions in rounds of G, the block's most rounds
+            rounds = 0
+            for m in range(SB):
+                if r < meta[m]:
+                    p_m = meta[SB + m] + r
+                    n_m = p_m + 1 if (window <= 0 or p_m + 1 < window) else window
+                    if n_m > rounds:
+                        rounds = n_m
+            rounds = (rounds + G - 1) // G
+            for k in range(HPL):
+                acc_r[k] = zero
+            m_run = neg_inf
+            l = zero
+            for it in range(rounds):
+                i0 = it * G
+                if i0 < n:
+                    load_group(hist, b, i0, n, first_slot, span, H, lane, slots, rows)
+                    for g in range(G):
+                        part = zero
+                        if additive:
+                            krow = keys[b, U(slots[g])]
+                            for k in range(QPL):
+                                a = lane + k * W
+                                if a > kdim - 1:
+                                    a = kdim - 1
+                                part += v_r[k] * math.tanh(krow[U(a)] + q_r[k])
+                        elif keyed:
+                            krow = keys[b, U(slots[g])]
+                            for k in range(QPL):
+                                a = lane + k * W
+                                if a > kdim - 1:
+                                    a = kdim - 1
+                                part += krow[U(a)] * q_r[k]
+                        else:
+                            for k in range(HPL):
+                                part += rows[g * HPL + k] * q_r[k]
+                        e_grp[g] = part
+                else:
+                    for g in range(G):
+                        e_grp[g] = zero
+                warp_allsum(e_grp, lane, W, buf, o_red, tid)
+                if i0 < n:
+                    cnt = min(G, n - i0)
+                    if want_attn and lane == 0:   # raw scores; normalised below
+                        for g in range(G):
+                            if g < cnt:
+                                i = i0 + g
+                                attn[b, r, i if compact else first + i] = e_grp[g]
+                    m_new = m_run
+                    for g in range(G):
+                        if g < cnt and e_grp[g] > m_new:
+                            m_new = e_grp[g]
+                    scale = math.exp(m_run - m_new)      # exponent <= 0; e^-inf = 0
+                    l = l * scale
+                    for g in range(G):
+                        e_grp[g] = math.exp(e_grp[g] - m_new) if g < cnt else zero
+                        l += e_grp[g]
+                    for k in range(HPL):
+                        acc = acc_r[k] * scale
+                        for g in range(G):
+                            acc += e_grp[g] * rows[g * HPL + k]
+                        acc_r[k] = acc
+                    m_run = m_new
+            inv_l = tp(1.0) / l if n > 0 else zero
+            if n > 0:
+                for k in range(HPL):
+                    d = lane + k * W
+                    if d < H:
+                        cv = acc_r[k] * inv_l
+                        buf[warp * SS + o_c + d] = cv
+                        out_c[b, r, d] = cv
+            cuda.syncthreads()      # c_t of every sequence, and lane 0's raw scores
+            if want_attn and n > 0:
+                for i in range(lane, n, W):
+                    col = i if compact else first + i
+                    attn[b, r, col] = math.exp(attn[b, r, col] - m_run) * inv_l
+        for m in range(SB):
+            if meta[m] > 0:
+                for j in range(tid, H, NT):
+                    hs[b0 + m, j] = buf[m * SS + j]
+                    cs[b0 + m, j] = buf[m * SS + o_c + j]
+        if tid < SB and meta[tid] > 0:
+            positions[b0 + tid] = meta[SB + tid] + meta[tid]
+
     if SPLIT:     # grid (blocks per sequence, sequences)
         @cuda.jit(device=True)
         def block_coords():
@@ -858,7 +1182,32 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         def block_coords():
             return cuda.blockIdx.x, 0, 1
 
-    if global_scratch:
+    if PACKED and global_scratch:
+        @cuda.jit(**kernel_options)
+        def sequence_kernel(wts, D, H, Ha, score, recurrence,
+                            window, inline_proj, x, lengths, hist, keys, hs, cs, positions,
+                            out_h, out_c, attn, want_attn, compact, parts, P, scratch):
+            if LAUNCH_BOUND[0] < 1:    # never: ties the kernel's cache entry to its bound
+                return
+            blk = cuda.blockIdx.x
+            meta = cuda.shared.array(META, numba.int64)
+            run_block(blk, wts, D, H, Ha, score, recurrence, window, inline_proj, x,
+                      lengths, hist, keys, hs, cs, positions, out_h, out_c, attn,
+                      want_attn, compact, scratch[blk], meta)
+    elif PACKED:
+        @cuda.jit(**kernel_options)
+        def sequence_kernel(wts, D, H, Ha, score, recurrence,
+                            window, inline_proj, x, lengths, hist, keys, hs, cs, positions,
+                            out_h, out_c, attn, want_attn, compact, parts, P, scratch):
+            if LAUNCH_BOUND[0] < 1:    # never: ties the kernel's cache entry to its bound
+                return
+            blk = cuda.blockIdx.x
+            meta = cuda.shared.array(META, numba.int64)
+            buf = cuda.shared.array(0, tp)
+            run_block(blk, wts, D, H, Ha, score, recurrence, window, inline_proj, x,
+                      lengths, hist, keys, hs, cs, positions, out_h, out_c, attn,
+                      want_attn, compact, buf, meta)
+    elif global_scratch:
         @cuda.jit(**kernel_options)
         def sequence_kernel(wts, D, H, Ha, score, recurrence,
                             window, inline_proj, x, lengths, hist, keys, hs, cs, positions,
@@ -1408,8 +1757,8 @@ _LAST_LAUNCH = threading.local()
 
 def last_launch():
     """The plan of the calling thread's latest sequence-kernel launch: ``{"parts": P,
-    "blocks_per_sequence": nbx, "threads": nt, "global_scratch": bool}`` (``{}`` before
-    the first)."""
+    "blocks_per_sequence": nbx, "threads": nt, "global_scratch": bool,
+    "sequences_per_block": SB}`` (``{}`` before the first)."""
     return dict(getattr(_LAST_LAUNCH, "plan", {}))
 
 
@@ -1489,7 +1838,8 @@ def _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes, step=False, d
 _PLAN_SETTINGS = operator.attrgetter(
     "CUDA_WARP_SHUFFLES", "CUDA_ROWS_PER_WARP", "CUDA_MATVEC_WORDS", "CUDA_ROW_CACHE_WORDS",
     "CUDA_BLOCK_SIZE", "CUDA_SHARED_BYTES", "CUDA_SPLIT_PARTS", "CUDA_MIN_BLOCKS_PER_SM",
-    "CUDA_PREFETCH_ROWS", "CUDA_SPLIT_PRODUCTS", "CUDA_DISK_CACHE")
+    "CUDA_PREFETCH_ROWS", "CUDA_SPLIT_PRODUCTS", "CUDA_DISK_CACHE",
+    "CUDA_SEQUENCES_PER_BLOCK")
 _PLANS = {}
 
 
@@ -1512,11 +1862,12 @@ def _settings_unchanged(key):
 
 
 def _launch_plan(p, key=None):
-    """``(shuffles, G, MV, MB, PF, SP, nt, nscratch, global_scratch)`` of a model under the
-    current settings, checked (:func:`use_shuffles`, :func:`rows_per_warp`,
+    """``(shuffles, G, MV, MB, PF, SP, SB, nt, nscratch, global_scratch)`` of a model under
+    the current settings, checked (:func:`use_shuffles`, :func:`rows_per_warp`,
     :func:`weights_in_flight`, :func:`blocks_per_sm`, :func:`prefetch_rows`,
-    :func:`split_products`, :func:`disk_cache`, :func:`split_parts`,
-    :func:`block_geometry`).
+    :func:`split_products`, :func:`sequences_per_block`, :func:`disk_cache`,
+    :func:`split_parts`, :func:`block_geometry` or, with several sequences per block,
+    :func:`packed_geometry`).
 
     Made once per model sizes and settings, then a dictionary look-up: ``step`` pays it per
     token. The key (``key``: :func:`_plan_key`, where the caller made it) holds each
@@ -1536,10 +1887,12 @@ def _launch_plan(p, key=None):
         MB = blocks_per_sm()
         PF = prefetch_rows()
         SP = split_products()
+        SB = sequences_per_block()
         disk_cache()
         split_parts()
-        got = (shuffles, G, MV, MB, PF, SP,
-               *block_geometry(p.H, p.Ha, p.D, p.dtype, shuffles, G))
+        got = (shuffles, G, MV, MB, PF, SP, SB,
+               *(packed_geometry(p.H, p.Ha, p.D, p.dtype, shuffles, G, SB) if SB > 1
+                 else block_geometry(p.H, p.Ha, p.D, p.dtype, shuffles, G)))
         if key is not None:
             if len(_PLANS) >= 256:
                 _PLANS.clear()
@@ -1571,7 +1924,7 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
     B, T, D = d_x.shape
     H = p.H
     plan_key = _plan_key(p)
-    shuffles, G, MV, MB, PF, SP, nt, nscratch, global_scratch = _launch_plan(p, plan_key)
+    shuffles, G, MV, MB, PF, SP, SB, nt, nscratch, global_scratch = _launch_plan(p, plan_key)
     # the sizes every index of the kernels relies on
     if (d_out_h.shape != (B, T, H) or d_out_c.shape != (B, T, H) or D != p.D
             or d_len.shape != (B,) or state.batch_size != B):
@@ -1603,18 +1956,20 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
 
     keyed = p.score_code >= 3
     # a second set of rows: not where registers are short (the keyed kernel, and one
-    # built for several blocks per SM, where the other blocks hide the loads' latency)
-    prefetch = PF and not keyed and MB == 1
+    # built for several blocks per SM, where the other blocks hide the loads' latency),
+    # nor in the packed kernel (SB sequences per block, which never splits)
+    prefetch = PF and not keyed and MB == 1 and SB == 1
+    nblocks = -(-B // SB)     # a block per sequence (SB = 1), or per SB sequences
 
     def kernel_for(P):
         return _sequence_kernel(p.dtype, shuffles, global_scratch, G, P > 1, H, p.Ha, nt, MV,
-                                MB, keyed, prefetch, SP and P > 1)
+                                MB, keyed, prefetch, SP and P > 1, SB)
 
     def args_for(P, nbx=1):
         parts = (_workspace(w, "parts", (2, B, P, H + 2), p.dtype) if P > 1
                  else w["none4"])
-        scratch = (_workspace(w, "scratch", (B * nbx, nscratch), p.dtype) if global_scratch
-                   else w["none2"])
+        scratch = (_workspace(w, "scratch", (nblocks * nbx, nscratch), p.dtype)
+                   if global_scratch else w["none2"])
         return (w["wts"], *w["sizes"],
                 p.score_code, p.recurrence_code, p.window or 0, inline, d_x, d_len, hist,
                 keys, h_arg, c_arg, pos_arg, d_out_h, d_out_c, d_attn, want, compact, parts,
@@ -1623,8 +1978,9 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
     # the calling thread's CUDA context, looked up once per call (each look-up costs
     # microseconds, paid per token by step); the simulator has none
     ctx = None if SIMULATOR else _current_context()
-    P, nbx = _split_plan(B, n_last, kernel_for, args_for, nt, shared_bytes, step=inline,
-                         device=None if ctx is None else ctx.device)
+    P, nbx = (1, 1) if SB > 1 else _split_plan(
+        B, n_last, kernel_for, args_for, nt, shared_bytes, step=inline,
+        device=None if ctx is None else ctx.device)
     kern, args = kernel_for(P), args_for(P, nbx)
     if not inline:
         n = B * T * H
@@ -1642,16 +1998,17 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
             kern, args = kernel_for(P), args_for(P, nbx)
     launcher = None
     if P == 1:
-        launcher = _run(kern, B, nt, shared_bytes, args, slot, ctx)
+        launcher = _run(kern, nblocks, nt, shared_bytes, args, slot, ctx)
     if ctx is None:
         cuda.synchronize()
     else:
         ctx.synchronize()     # what cuda.synchronize() does, without a second look-up
     plan = _LAST_LAUNCH.plan = dict(parts=P, blocks_per_sequence=nbx, threads=nt,
-                                    global_scratch=global_scratch)
+                                    global_scratch=global_scratch, sequences_per_block=SB)
     if slot is not None and P == 1 and not state._scratch:
         if launcher is None and not _PREPARE_LAUNCHES:    # the simulator: as _run launches
-            launcher = functools.partial(_launch_unprepared, kern, B, nt, shared_bytes, args)
+            launcher = functools.partial(_launch_unprepared, kern, nblocks, nt, shared_bytes,
+                                         args)
         if launcher is not None:    # on a GPU: once the launch is prepared
             run_ctx = ctx if ctx is not None or not _PREPARE_LAUNCHES else _current_context()
             slot["again"] = (p, plan_key, run_ctx, hist, small, launcher, plan)
@@ -1703,12 +2060,13 @@ def _launch_again(p, w, state, slot):
     last = _latest_position(pos)
     if p.window is None and last + 1 > state.capacity:
         return False
-    n_last = _attended_at_last_step(p, last, 1)
-    parts = split_parts()     # checked when the plan was made: a key of equal settings
-    if parts == "auto":
-        parts = _auto_parts(B, n_last, True, None if SIMULATOR else ctx.device)
-    if parts > 1:
-        return False
+    if plan["sequences_per_block"] == 1:   # the packed kernel never splits
+        n_last = _attended_at_last_step(p, last, 1)
+        parts = split_parts()     # checked when the plan was made: a key of equal settings
+        if parts == "auto":
+            parts = _auto_parts(B, n_last, True, None if SIMULATOR else ctx.device)
+        if parts > 1:
+            return False
     hist, _, small = _device_state(state, w, p.dtype)    # keys: made with the history
     if hist is not hist0 or small is not small0:
         return False
