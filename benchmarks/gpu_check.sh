@@ -9,6 +9,9 @@
 #             torch-cuda-graph,c (c left out where the C backend was not built) on S, M, L,
 #             step, with the runners' untimed first run (compilation, graph capture);
 #   xl        the same on XL (its float64 NumPy reference alone takes about a minute);
+#   packed    the parity, equation and hardening suites again on the packed kernel
+#             (FASTSARNN_TEST_CUDA_SEQUENCES_PER_BLOCK = FASTSARNN_GPU_SEQUENCES_PER_BLOCK,
+#             default 8: the most that do not spill at H = 256), at the same block size;
 #   phases    benchmarks/cuda_phase_costs.py: what a kernel step's fixed part, its
 #             attention, one more matrix-vector product and a token of step cost;
 #   settings  each setting named in FASTSARNN_GPU_SETTINGS (space- or newline-separated
@@ -46,12 +49,15 @@
 # default 12; kernels compile per process, so tests run side by side);
 # FASTSARNN_GPU_SETTINGS (part settings); FASTSARNN_GPU_TOTAL_S, _MIN_PART_S (above);
 # FASTSARNN_GPU_BASELINE_DIR (part baseline's tree, default .baseline);
-# FASTSARNN_GPU_TESTS_S, _BENCH_S, _XL_S, _PHASES_S, _SETTINGS_S (each setting), _COLD_S,
-# _BASELINE_S (each tree), _SPLIT_S, _PROFILE_S (each part's own limit, seconds).
+# FASTSARNN_GPU_SEQUENCES_PER_BLOCK (part packed, default 8);
+# FASTSARNN_GPU_TESTS_S, _PACKED_S, _BENCH_S, _XL_S, _PHASES_S, _SETTINGS_S (each setting),
+# _COLD_S, _BASELINE_S (each tree), _SPLIT_S, _PROFILE_S (each part's own limit, seconds).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
 TESTS_LIMIT=${FASTSARNN_GPU_TESTS_S:-120}
+PACKED_LIMIT=${FASTSARNN_GPU_PACKED_S:-60}
+PER_BLOCK=${FASTSARNN_GPU_SEQUENCES_PER_BLOCK:-8}
 BENCH_LIMIT=${FASTSARNN_GPU_BENCH_S:-90}
 XL_LIMIT=${FASTSARNN_GPU_XL_S:-120}
 SPLIT_LIMIT=${FASTSARNN_GPU_SPLIT_S:-40}
@@ -88,19 +94,22 @@ fi
 START=$(date +%s)
 # Parts to run, in this order (FASTSARNN_GPU_PARTS, space-separated), the most telling
 # first: a lent GPU's minutes are few, and every part after the suites is optional.
-ALL_PARTS="suites bench xl phases settings cold baseline split profile"
+ALL_PARTS="suites bench xl packed phases settings cold baseline split profile"
 PARTS=${FASTSARNN_GPU_PARTS:-$ALL_PARTS}
 for part in $PARTS; do
     [[ " $ALL_PARTS " == *" $part "* ]] \
         || { echo "unknown part '$part' in FASTSARNN_GPU_PARTS; expected some of: $ALL_PARTS"; exit 2; }
 done
 # every limit a whole number of seconds, at least 1 (`timeout 0` would mean no limit)
-for limit in TOTAL_LIMIT MIN_PART TESTS_LIMIT BENCH_LIMIT XL_LIMIT SPLIT_LIMIT PROFILE_LIMIT \
+for limit in TOTAL_LIMIT MIN_PART TESTS_LIMIT PACKED_LIMIT BENCH_LIMIT XL_LIMIT SPLIT_LIMIT PROFILE_LIMIT \
              PHASES_LIMIT BASELINE_LIMIT SETTINGS_LIMIT COLD_LIMIT; do
     [[ ${!limit} =~ ^[0-9]+$ && ${!limit} -ge 1 ]] \
         || { echo "each FASTSARNN_GPU_*_S limit takes whole seconds, at least 1; got" \
                   "'${!limit}' for $limit"; exit 2; }
 done
+[[ $PER_BLOCK =~ ^[0-9]+$ && $PER_BLOCK -ge 2 && $PER_BLOCK -le 32 ]] \
+    || { echo "FASTSARNN_GPU_SEQUENCES_PER_BLOCK takes an integer in [2, 32]; got" \
+              "'$PER_BLOCK'"; exit 2; }
 stopped() { [ "$1" = 124 ] || [ "$1" = 137 ]; }   # timeout's codes: TERM, then KILL
 # finished PART RC WHAT: a run of PART exited RC; say so where WHAT ran past its limit, and
 # keep PART's exit: 0 where every run of it so far exited 0, else the latest failure
@@ -152,22 +161,33 @@ else
     echo "(the C backend is unavailable here: the bench runs without it)"
 fi
 
-part_suites() {
-    within suites "$TESTS_LIMIT" || return 0
-    echo "=== CUDA suites at block size $BLOCK (production: $PROD threads), limit ${LIMIT}s"
+# pytest_part PART OWN_LIMIT LOG TITLE PER_BLOCK FILE...: CUDA test files at block size
+# $BLOCK, PER_BLOCK sequences per block (1: a block per sequence), their summary printed
+pytest_part() {
+    local part=$1 own=$2 log=$3 title=$4 per_block=$5 files=() f; shift 5
+    within "$part" "$own" || return 0
+    echo "=== $title at block size $BLOCK (production: $PROD threads), limit ${LIMIT}s"
+    for f in "$@"; do files+=("$ROOT/tests/$f"); done
     FASTSARNN_TEST_BACKENDS=cuda FASTSARNN_REQUIRE_BACKENDS=cuda FASTSARNN_TEST_CUDA_BLOCK=$BLOCK \
+        FASTSARNN_TEST_CUDA_SEQUENCES_PER_BLOCK=$per_block \
         timeout -k 10 "$LIMIT" "$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" \
-        "${PARALLEL[@]}" --durations=8 \
-        -c "$ROOT/pyproject.toml" "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_parity.py" \
-        "$ROOT/tests/test_equations.py" "$ROOT/tests/test_errors.py" \
-        "$ROOT/tests/test_hardening.py" "$ROOT/tests/test_api.py" \
+        "${PARALLEL[@]}" --durations=8 -c "$ROOT/pyproject.toml" "${files[@]}" \
         -k "not million and not valgrind and not long_sequence and not installed_one" \
-        > "$LOGS/cuda_suites.log" 2>&1
+        > "$LOGS/$log" 2>&1
     local rc=$?
-    grep -E "^(FAILED|ERROR)|passed|failed|error|^[0-9.]+s (call|setup)" "$LOGS/cuda_suites.log" \
+    grep -E "^(FAILED|ERROR)|passed|failed|error|^[0-9.]+s (call|setup)" "$LOGS/$log" \
         | tail -n 40
-    stopped "$rc" && { tail -c 600 "$LOGS/cuda_suites.log"; echo; }   # its progress
-    finished suites "$rc" "the suites"
+    stopped "$rc" && { tail -c 600 "$LOGS/$log"; echo; }   # its progress
+    finished "$part" "$rc" "the suites"
+}
+part_suites() {
+    pytest_part suites "$TESTS_LIMIT" cuda_suites.log "CUDA suites" 1 test_cuda.py \
+        test_parity.py test_equations.py test_errors.py test_hardening.py test_api.py
+}
+part_packed() {
+    pytest_part packed "$PACKED_LIMIT" cuda_packed.log \
+        "CUDA parity suites on the packed kernel, $PER_BLOCK sequences per block" \
+        "$PER_BLOCK" test_parity.py test_equations.py test_hardening.py
 }
 
 # cold start: the untimed first run of each runner (kernel compilation, graph capture)

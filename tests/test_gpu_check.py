@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("ti
                                 reason="gpu_check.sh needs bash and coreutils' timeout")
 
 STUB = """#!/usr/bin/env bash
-echo "$*" >> "$STUB_LOG"
+per_block=${FASTSARNN_TEST_CUDA_SEQUENCES_PER_BLOCK:-}
+echo "$*${per_block:+ [per block $per_block]}" >> "$STUB_LOG"
 echo "${PYTHONPATH%%:*} $*" >> "$STUB_LOG.paths"
 case "$*" in
     *"print(_config.CUDA_BLOCK_SIZE)"*) echo 256; exit 0 ;;
@@ -39,7 +40,8 @@ exit 0
 """
 
 # what identifies each part's command line in the stand-in's log
-MARK = {"suites": "-m pytest", "bench": "--config S --config M --config L --config step",
+MARK = {"suites": "[per block 1]", "packed": "[per block 8]",
+        "bench": "--config S --config M --config L --config step",
         "xl": "--config XL", "phases": "cuda_phase_costs.py", "cold": "cuda_cold_start.py",
         "split": "--repeat 2 --config S --config step --config M",
         "profile": "cuda_step_profile.py", "baseline": "--setting CUDA_SPLIT_PARTS=auto"}
@@ -89,8 +91,8 @@ def test_every_part_runs_by_default(tmp_path):
     settings = [c for c in calls if "--setting CUDA_MATVEC_WORDS=8,16" in c]
     assert settings and settings[0].endswith("--repeat 3 --config XL"), calls
     assert (parts_run([c for c in calls if c not in settings])
-            == ["suites", "bench", "xl", "phases", "cold", "split", "profile"])
-    assert calls.index(settings[0]) == 4          # after phases, before cold
+            == ["suites", "bench", "xl", "packed", "phases", "cold", "split", "profile"])
+    assert calls.index(settings[0]) == 5          # after phases, before cold
 
 
 def test_an_unknown_part_is_refused_before_anything_runs(tmp_path):
@@ -178,3 +180,20 @@ def test_a_limit_of_no_seconds_is_refused(tmp_path, limit):
     proc, calls, _ = run_check(tmp_path, "xl", **{limit: 0})
     assert proc.returncode == 2 and calls == []
     assert "at least 1" in proc.stdout and limit.rsplit("_", 1)[0] in proc.stdout
+
+
+def test_the_packed_part_runs_the_suites_at_the_sequences_per_block_asked(tmp_path):
+    """Part ``packed``: the parity, equation and hardening suites (not the others) with
+    ``FASTSARNN_TEST_CUDA_SEQUENCES_PER_BLOCK`` from ``FASTSARNN_GPU_SEQUENCES_PER_BLOCK``;
+    a value the packed kernel cannot take is refused before anything runs."""
+    proc, calls, _ = run_check(tmp_path, "packed suites", SEQUENCES_PER_BLOCK=4)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [c.rsplit(" [", 1)[1] for c in calls] == ["per block 4]", "per block 1]"], calls
+    packed = calls[0]
+    assert ("test_parity.py" in packed and "test_hardening.py" in packed
+            and "test_cuda.py" not in packed and "test_api.py" not in packed), packed
+    assert "packed exit 0, suites exit 0;" in proc.stdout.strip().splitlines()[-1]
+    for bad in ("1", "33", "eight"):
+        proc, calls, _ = run_check(tmp_path, "packed", SEQUENCES_PER_BLOCK=bad)
+        assert proc.returncode == 2 and calls == [], (bad, proc.stdout)
+        assert "SEQUENCES_PER_BLOCK" in proc.stdout
