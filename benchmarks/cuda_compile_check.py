@@ -12,9 +12,9 @@ the PATH (a CUDA toolkit), it also assembles each kernel and checks that its reg
 a block of the launch bound (65536 per block) and that the float32 kernels a GPU runs by
 default (shuffles, shared scratch) spill nothing; other spills are reported, as are those
 of that default kernel built for two blocks per SM (``CUDA_MIN_BLOCKS_PER_SM = 2``), whose
-launch bound and register cap it checks, and the packed kernel (several sequences per
+launch bound and register cap it checks, and the packed kernel (4 and 8 sequences per
 block, ``CUDA_SEQUENCES_PER_BLOCK``) as a GPU runs it, which must not spill in float32
-either. It needs NVVM,
+either (more sequences per block do spill at H = 256). It needs NVVM,
 which the CUDA wheels bring, for example (about 320 MB, into a scratch folder):
 
     pip install --target /tmp/cu13 --no-deps nvidia-nvvm==13.5.37 nvidia-cuda-nvrtc==13.5.37 \

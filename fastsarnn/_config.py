@@ -95,7 +95,8 @@ CUDA_PREFETCH_ROWS = True
 #: CUDA_SPLIT_MIN_POSITIONS positions at the last step, while all blocks fit on the SMs
 #: at once; 1 (one block per sequence) on the simulator. An integer >= 1 forces the count
 #: (1: never split; where fewer blocks fit, each takes several parts, and where fewer than
-#: two per sequence fit, there is no split). Read at launch.
+#: two per sequence fit, there is no split). Ignored where CUDA_SEQUENCES_PER_BLOCK > 1
+#: (the packed kernel never splits). Read at launch.
 CUDA_SPLIT_PARTS = "auto"
 CUDA_SPLIT_MIN_POSITIONS = 256
 #: The same for ``step`` (one token per launch), where a split costs a whole cooperative
@@ -119,7 +120,9 @@ CUDA_SPLIT_PRODUCTS = False
 #: the block's threads share the matrix-vector products, each weight loaded once for the S
 #: sequences. For batches of more sequences than SMs (XL: 1024 sequences, 132 SMs), where
 #: one block per sequence runs in waves and reads every weight once per sequence and
-#: step. Never splits a sequence over blocks. Unmeasured on a GPU. Read at launch.
+#: step. Never splits a sequence over blocks. At H = 256 in float32, S <= 8 keeps every
+#: array in registers (sm_90, benchmarks/cuda_compile_check.py); S = 16 (128 registers a
+#: thread) spills. Unmeasured on a GPU. Read at launch.
 CUDA_SEQUENCES_PER_BLOCK = 1
 #: CUDA: keep compiled sequence kernels in Numba's on-disk cache (numba-cuda's
 #: ``cache=True``: the ``__pycache__`` beside fastsarnn's sources, or NUMBA_CACHE_DIR), so a

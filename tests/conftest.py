@@ -66,10 +66,20 @@ def _small_cuda_blocks(request, monkeypatch):
     """CUDA runs use tiny blocks (FASTSARNN_TEST_CUDA_BLOCK, default 4) so that small inputs
     span several blocks and leave partial ones (H, Ha and n not multiples of the block);
     FASTSARNN_TEST_CUDA_SEQUENCES_PER_BLOCK (default 1) runs them on the packed kernel,
-    that many sequences per block."""
+    that many sequences per block, and a test whose (last) launch ran another kernel
+    fails."""
     if "backend" in request.fixturenames and request.getfixturevalue("backend") == "cuda":
         from fastsarnn import _config
         monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE",
                             int(os.environ.get("FASTSARNN_TEST_CUDA_BLOCK", "4")))
-        monkeypatch.setattr(_config, "CUDA_SEQUENCES_PER_BLOCK",
-                            int(os.environ.get("FASTSARNN_TEST_CUDA_SEQUENCES_PER_BLOCK", "1")))
+        per_block = int(os.environ.get("FASTSARNN_TEST_CUDA_SEQUENCES_PER_BLOCK", "1"))
+        monkeypatch.setattr(_config, "CUDA_SEQUENCES_PER_BLOCK", per_block)
+        from fastsarnn.backends import cuda as cuda_backend
+        cuda_backend._LAST_LAUNCH.plan = {}
+        yield
+        # the kernel the setting asks for is the one that ran (a launch in this thread)
+        ran = cuda_backend.last_launch().get("sequences_per_block", per_block)
+        assert ran == per_block, (f"the cuda launch ran {ran} sequences per block, not "
+                                  f"{per_block}")
+    else:
+        yield

@@ -636,29 +636,39 @@ def test_several_sequences_per_block_match_the_reference(monkeypatch, score, rec
     _assert_packed_launch(per_block, threads)
 
 
-@pytest.mark.parametrize("per_block,shared,H", [(2, True, 6), (4, True, 6), (2, False, 6),
-                                                (2, True, 11)],
-                         ids=["2", "4", "2-global_scratch", "2-H11"])
+@pytest.mark.parametrize("per_block,shared,score,recurrence,H,Ha,inline", [
+    (2, True, "kq", "hc", 6, 3, False), (4, True, "kq", "hc", 6, 3, False),
+    (2, False, "kq", "hc", 6, 3, False), (2, True, "kq", "hc", 11, 3, False),
+    (2, True, "general", "c", 11, None, False), (2, True, "kq", "c", 6, 11, False),
+    (2, True, "kq", "hc", 6, 3, True), (3, True, "general", "c", 11, None, True)],
+    ids=["2", "4", "2-global_scratch", "2-H11", "2-general-c-H11", "2-kq-c-Ha11",
+         "2-projected_inside", "3-general-c-H11-projected_inside"])
 def test_packed_blocks_with_lengths_and_a_partial_last_block(monkeypatch, per_block, shared,
-                                                             H):
+                                                             score, recurrence, H, Ha,
+                                                             inline):
     """Five sequences of lengths 7, 3, 0, 5, 1 (one that does not run, blocks whose
     sequences end at different steps, a last block with sequences past the batch),
     forward with attention, three steps (the second and third repeat the first's launch,
     _launch_again), a forward: outputs, state and history against the reference; with
-    H = 11, more outputs than a 2-warp block of 4 lanes has threads (each thread computes
-    two)."""
+    H = 11 (or Ha = 11), more outputs of h_t (of the key and query) than a block of 4-lane
+    warps has threads (a thread computes several), for both recurrences; and with the
+    forwards' projection made inside the kernel, as a step's is (later steps' x_t read
+    in the time loop)."""
     threads = _packed(monkeypatch, per_block, shared)
     be = _be()
     step_launches = []
     launch = be._launch
 
     def counting(*args, **kwargs):
-        if kwargs.get("slot") is not None:      # a step's (a forward has none)
+        slot = kwargs.get("slot", args[11] if len(args) > 11 else None)
+        if slot is not None:      # a step's (a forward has none)
             step_launches.append(1)
         return launch(*args, **kwargs)
 
     monkeypatch.setattr(be, "_launch", counting)
-    model = make_model(score="kq", recurrence="hc", window=4, D=5, H=H, Ha=3)
+    if inline:
+        _project_inside_the_kernel(monkeypatch)
+    model = make_model(score=score, recurrence=recurrence, window=4, D=5, H=H, Ha=Ha)
     x = make_x(5, 12, 5)
     lengths = np.array([7, 3, 0, 5, 1])
     outs = {}
@@ -678,9 +688,18 @@ def test_packed_blocks_with_lengths_and_a_partial_last_block(monkeypatch, per_bl
     assert outs["cuda"][-1].tolist() == [12, 8, 5, 10, 6]
 
 
-def test_packed_blocks_at_the_production_block_size(monkeypatch):
+@pytest.mark.parametrize("shuffles", [False, True], ids=["shared_reduce", "shuffles"])
+def test_packed_blocks_at_the_production_block_size(monkeypatch, shuffles):
     """Warps of 32 lanes, three sequences per block (96 threads), float32: forward and
-    step against the reference."""
+    step against the reference; with the shared-memory warp reduce and with shuffles
+    (on the simulator, tests/_cuda_shuffles.py's)."""
+    if shuffles:
+        if _be().SIMULATOR:
+            from _cuda_shuffles import warp_shuffles
+            warp_shuffles(monkeypatch)
+        monkeypatch.setattr(_config, "CUDA_WARP_SHUFFLES", True)
+    else:
+        monkeypatch.setattr(_config, "CUDA_WARP_SHUFFLES", False)
     monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", PRODUCTION_BLOCK)
     threads = _packed(monkeypatch, 3)
     assert threads == 96
@@ -1142,12 +1161,13 @@ def test_kernels_have_no_races(monkeypatch, case, threads, shuffles):
     ("dot", "c", None, True, False, 2), ("scaled_dot", "hc", 3, True, True, 2),
     ("kq", "hc", 3, False, False, 2), ("additive", "c", None, True, True, 2),
     ("general", "hc", 4, False, True, 2), ("dot", "hc", None, True, False, 3),
-    ("kq", "c", 3, True, True, 3)])
+    ("kq", "c", 3, True, True, 3), ("dot", "c", None, True, True, 10)])
 def test_packed_kernel_has_no_races(monkeypatch, score, recurrence, window, shared,
                                     shuffles, per_block):
-    """The packed kernel (two or three sequences per block, warps of 4 lanes; with
-    shuffles, the second warp's mask names lanes 4-7 of the hardware warp; with three, a
-    warp whose sequence is past the batch): no two accesses that no barrier orders depend
+    """The packed kernel (two, three or ten sequences per block, warps of 4 lanes; with
+    shuffles, the second warp's mask names lanes 4-7 of the hardware warp, and with ten,
+    the ninth's lanes 0-3 of the second hardware warp; with more sequences per block than
+    the batch's two, warps whose sequence is past the batch): no two accesses that no barrier orders depend
     on their order, no shared memory read before the block wrote it, through lengths, a
     step, dense and compact attention."""
     report, shuffled = _instrumented(monkeypatch, shuffles, 1)
