@@ -61,6 +61,28 @@ def _ptxas_usage(ptxas, ptx, cc):
     return regs, spill
 
 
+def _compile(cuda, kern, sig, cc, bound, name):
+    """``(PTX, "compiled in ...")`` of ``kern`` for ``sig`` and the launch bound ``bound``;
+    ``(None, "")`` where it fails, said as a FAIL line."""
+    t0 = time.perf_counter()
+    try:
+        ptx, _ = cuda.compile_ptx(kern.py_func, sig, cc=cc, launch_bounds=bound)
+    except Exception as exc:
+        print(f"FAIL {name}: {type(exc).__name__}: {exc}")
+        return None, ""
+    return ptx, f"compiled in {time.perf_counter() - t0:.1f} s"
+
+
+def _float64_and_local(ptx):
+    """``(f64, extra, local)``: the float64 instructions of the PTX, those of them other
+    than the conversions of the one-off constant 1/sqrt(H), and its local-memory accesses
+    (per-lane arrays of a float32 kernel compiled for its sizes belong in registers)."""
+    f64 = [ln.split()[0] for ln in ptx.splitlines()
+           if re.match(r"\s*[a-z]", ln) and ".f64" in ln.split()[0]]
+    extra = [op for op in f64 if not op.startswith(("cvt.", "sqrt.", "rcp."))]
+    return f64, extra, len(re.findall(r"\b(?:ld|st)\.local", ptx))
+
+
 def _packed(ptr, params):
     """The bytes of each kernel parameter in a packed parameter array (``void**``): a
     ctypes value's size, 1 byte of a bool, 8 of an int (numba-cuda passes both kinds)."""
@@ -214,18 +236,11 @@ def main(argv=None):
             if type(getattr(kern, "_cache", None)).__name__ != "CUDACache":
                 failures += 1
                 print(f"FAIL {name}: no on-disk cache for a kernel built with cache=True")
-            t0 = time.perf_counter()
-            try:
-                ptx, _ = cuda.compile_ptx(kern.py_func, seq_sig, cc=cc, launch_bounds=nt)
-            except Exception as exc:
+            ptx, timing = _compile(cuda, kern, seq_sig, cc, nt, name)
+            if ptx is None:
                 failures += 1
-                print(f"FAIL {name}: {type(exc).__name__}: {exc}")
                 continue
-            timing = f"compiled in {time.perf_counter() - t0:.1f} s"
-            # float64 instructions other than the one-off constant 1/sqrt(H)
-            f64 = [ln.split()[0] for ln in ptx.splitlines()
-                   if re.match(r"\s*[a-z]", ln) and ".f64" in ln.split()[0]]
-            extra = [op for op in f64 if not op.startswith(("cvt.", "sqrt.", "rcp."))]
+            f64, extra, local = _float64_and_local(ptx)
             # only the split kernel may synchronise the grid (a cooperative launch)
             grid_sync = "cudaCG" in ptx
             # its call sites: one grid barrier per step, a second where the blocks share
@@ -234,7 +249,6 @@ def main(argv=None):
             # per-lane arrays (scores, slots, accumulator, query) in registers: a float32
             # kernel compiled for its sizes needs no local memory (float64 ones may, past
             # LLVM's unrolling budget: reported)
-            local = len(re.findall(r"\b(?:ld|st)\.local", ptx))
             ok = dtype == "float64" or (not extra and not local)
             ok = ok and grid_sync == split and grid_calls == (2 if products else int(split))
             regs = ""
@@ -281,18 +295,11 @@ def main(argv=None):
             kern = be._build_sequence_kernel(dtype, True, False, rows, False, pnt, hpl, qpl,
                                              keyed=keyed, prefetch=False, packed=SB)
             bound = kern.targetoptions.get("launch_bounds")
-            t0 = time.perf_counter()
-            try:
-                ptx, _ = cuda.compile_ptx(kern.py_func, seq_sig, cc=cc, launch_bounds=pnt)
-            except Exception as exc:
+            ptx, timing = _compile(cuda, kern, seq_sig, cc, pnt, name)
+            if ptx is None:
                 failures += 1
-                print(f"FAIL {name}: {type(exc).__name__}: {exc}")
                 continue
-            timing = f"compiled in {time.perf_counter() - t0:.1f} s"
-            f64 = [ln.split()[0] for ln in ptx.splitlines()
-                   if re.match(r"\s*[a-z]", ln) and ".f64" in ln.split()[0]]
-            extra = [op for op in f64 if not op.startswith(("cvt.", "sqrt.", "rcp."))]
-            local = len(re.findall(r"\b(?:ld|st)\.local", ptx))
+            f64, extra, local = _float64_and_local(ptx)
             ok = bound == pnt and "cudaCG" not in ptx and (
                 dtype == "float64" or (not extra and not local))
             regs = ""

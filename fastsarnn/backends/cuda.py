@@ -524,6 +524,65 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                     s[m] += w * vec[U(o_vec + m * stride + kk)]
 
     @cuda.jit(device=True)
+    def score_group(e_grp, keys, b, slots, rows, q_r, v_r, lane, kdim, additive):
+        """``e_grp[g]``: this lane's share of the score of the round's position ``g``, over
+        its dimensions ``a = lane + k*W``: ``q[a] * row[a]`` (dot, scaled_dot, general: the
+        row from ``rows``), ``q[a] * key[a]`` (kq), ``v[a] * tanh(key[a] + q[a])``
+        (additive; keys read from the key cache). ``q_r`` (and ``v_r``) are 0 past
+        ``kdim``, so the clamped terms add 0."""
+        W = W_C
+        for g in range(G):
+            part = tp(0.0)
+            if additive:
+                krow = keys[b, U(slots[g])]
+                for k in range(QPL):
+                    a = lane + k * W
+                    if a > kdim - 1:
+                        a = kdim - 1
+                    part += v_r[k] * math.tanh(krow[U(a)] + q_r[k])
+            elif KEYED:
+                krow = keys[b, U(slots[g])]
+                for k in range(QPL):
+                    a = lane + k * W
+                    if a > kdim - 1:
+                        a = kdim - 1
+                    part += krow[U(a)] * q_r[k]
+            else:           # kdim = H: the query's dims past H are 0
+                for k in range(HPL):
+                    part += rows[g * HPL + k] * q_r[k]
+            e_grp[g] = part
+
+    @cuda.jit(device=True)
+    def softmax_round(e_grp, cnt, m, l, acc_r, rows, attn, b, r, i0, col0, want_attn, lane):
+        """One round of a warp's online softmax, its ``cnt <= G`` positions' scores in
+        ``e_grp`` (every lane the same): lane 0 stores the raw scores (columns ``col0 +
+        i0 + g``; normalised once the step's ``M`` and ``l`` are known), then ``M' = max(m,
+        scores)``, ``l' = l e^(m - M') + sum_g e^(s_g - M')``, ``acc' = acc e^(m - M') +
+        sum_g e^(s_g - M') row_g``; returns ``(M', l')``. Every exponent is ``<= 0``
+        (``e^-inf = 0`` for the first round). Loops over all G (a constant count, unrolled:
+        ``e_grp`` and ``rows`` stay in registers), positions past ``cnt`` masked."""
+        zero = tp(0.0)
+        if want_attn and lane == 0:
+            for g in range(G):
+                if g < cnt:
+                    attn[b, r, col0 + i0 + g] = e_grp[g]
+        m_new = m
+        for g in range(G):
+            if g < cnt and e_grp[g] > m_new:
+                m_new = e_grp[g]
+        scale = math.exp(m - m_new)
+        l = l * scale
+        for g in range(G):
+            e_grp[g] = math.exp(e_grp[g] - m_new) if g < cnt else zero
+            l += e_grp[g]
+        for k in range(HPL):     # rows past cnt have weight 0
+            acc = acc_r[k] * scale
+            for g in range(G):
+                acc += e_grp[g] * rows[g * HPL + k]
+            acc_r[k] = acc
+        return m_new, l
+
+    @cuda.jit(device=True)
     def load_group(hist, b, i0, hi, first_slot, span, H, lane, slots, rows):
         """The slots of attended positions ``i0 .. i0 + G - 1`` (``i0 < hi``) and this
         lane's dimensions of their history rows: ``rows[g*HPL + k] = hist[b, slots[g],
@@ -786,27 +845,8 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                             if not PREFETCH:     # this round's group, loaded now
                                 load_group(hist, b, i0, hi, first_slot, span, H, lane,
                                            slots, rows)
-                            # scores: q_r (and v_r) are 0 past kdim, so the clamped terms add 0
-                            for g in range(G):
-                                part = zero
-                                if additive:
-                                    krow = keys[b, U(slots[g])]
-                                    for k in range(QPL):
-                                        a = lane + k * W
-                                        if a > kdim - 1:
-                                            a = kdim - 1
-                                        part += v_r[k] * math.tanh(krow[U(a)] + q_r[k])
-                                elif keyed:
-                                    krow = keys[b, U(slots[g])]
-                                    for k in range(QPL):
-                                        a = lane + k * W
-                                        if a > kdim - 1:
-                                            a = kdim - 1
-                                        part += krow[U(a)] * q_r[k]
-                                else:           # kdim = H: the query's dims past H are 0
-                                    for k in range(HPL):
-                                        part += rows[g * HPL + k] * q_r[k]
-                                e_grp[g] = part
+                            score_group(e_grp, keys, b, slots, rows, q_r, v_r, lane, kdim,
+                                        additive)
                         else:
                             for g in range(G):
                                 e_grp[g] = zero
@@ -816,31 +856,10 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                             load_group(hist, b, i0 + NW * G, hi, first_slot, span, H, lane,
                                        slots_n, rows_n)
                         warp_allsum(e_grp, lane, W, buf, o_red, tid)
-                        if i0 < hi:
-                            cnt = min(G, hi - i0)
-                            # loops over all G (constant count, unrolled: e_grp, slots and
-                            # rows stay in registers), positions past hi masked
-                            if want_attn and lane == 0:   # raw scores; normalised in (4)
-                                for g in range(G):
-                                    if g < cnt:
-                                        i = i0 + g
-                                        attn[b, r, i if compact else first + i] = e_grp[g]
-                            m_new = m
-                            for g in range(G):
-                                if g < cnt and e_grp[g] > m_new:
-                                    m_new = e_grp[g]
-                            scale = math.exp(m - m_new)          # exponent <= 0; e^-inf = 0
-                            l = l * scale
-                            for g in range(G):
-                                # weight, exponent <= 0; 0 past hi
-                                e_grp[g] = math.exp(e_grp[g] - m_new) if g < cnt else zero
-                                l += e_grp[g]
-                            for k in range(HPL):     # rows past hi have weight 0
-                                acc = acc_r[k] * scale
-                                for g in range(G):
-                                    acc += e_grp[g] * rows[g * HPL + k]
-                                acc_r[k] = acc
-                            m = m_new
+                        if i0 < hi:     # raw scores normalised in (4)
+                            m, l = softmax_round(e_grp, min(G, hi - i0), m, l, acc_r, rows,
+                                                 attn, b, r, i0, 0 if compact else first,
+                                                 want_attn, lane)
                         if PREFETCH:     # the next round's group becomes this one's
                             for u in range(ROWS):
                                 rows[u] = rows_n[u]
@@ -1054,7 +1073,6 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                             hist[b0 + m, p_m % window if window > 0 else p_m, j] = hv
             cuda.syncthreads()
             p = pos0 + r
-            slot = p % window if window > 0 else p
             first = p - window + 1 if (window > 0 and p - window + 1 > 0) else 0
             n = p - first + 1 if r < L else 0     # 0: this warp's sequence has ended
             span = window if window > 0 else p + 1
@@ -1106,52 +1124,15 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                 i0 = it * G
                 if i0 < n:
                     load_group(hist, b, i0, n, first_slot, span, H, lane, slots, rows)
-                    for g in range(G):
-                        part = zero
-                        if additive:
-                            krow = keys[b, U(slots[g])]
-                            for k in range(QPL):
-                                a = lane + k * W
-                                if a > kdim - 1:
-                                    a = kdim - 1
-                                part += v_r[k] * math.tanh(krow[U(a)] + q_r[k])
-                        elif keyed:
-                            krow = keys[b, U(slots[g])]
-                            for k in range(QPL):
-                                a = lane + k * W
-                                if a > kdim - 1:
-                                    a = kdim - 1
-                                part += krow[U(a)] * q_r[k]
-                        else:
-                            for k in range(HPL):
-                                part += rows[g * HPL + k] * q_r[k]
-                        e_grp[g] = part
+                    score_group(e_grp, keys, b, slots, rows, q_r, v_r, lane, kdim, additive)
                 else:
                     for g in range(G):
                         e_grp[g] = zero
                 warp_allsum(e_grp, lane, W, buf, o_red, tid)
-                if i0 < n:
-                    cnt = min(G, n - i0)
-                    if want_attn and lane == 0:   # raw scores; normalised below
-                        for g in range(G):
-                            if g < cnt:
-                                i = i0 + g
-                                attn[b, r, i if compact else first + i] = e_grp[g]
-                    m_new = m_run
-                    for g in range(G):
-                        if g < cnt and e_grp[g] > m_new:
-                            m_new = e_grp[g]
-                    scale = math.exp(m_run - m_new)      # exponent <= 0; e^-inf = 0
-                    l = l * scale
-                    for g in range(G):
-                        e_grp[g] = math.exp(e_grp[g] - m_new) if g < cnt else zero
-                        l += e_grp[g]
-                    for k in range(HPL):
-                        acc = acc_r[k] * scale
-                        for g in range(G):
-                            acc += e_grp[g] * rows[g * HPL + k]
-                        acc_r[k] = acc
-                    m_run = m_new
+                if i0 < n:      # raw scores normalised below
+                    m_run, l = softmax_round(e_grp, min(G, n - i0), m_run, l, acc_r, rows,
+                                             attn, b, r, i0, 0 if compact else first,
+                                             want_attn, lane)
             inv_l = tp(1.0) / l if n > 0 else zero
             if n > 0:
                 for k in range(HPL):
@@ -1182,7 +1163,11 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
         def block_coords():
             return cuda.blockIdx.x, 0, 1
 
-    if PACKED and global_scratch:
+    # a block's scratch: its row of the global buffer, or the launch's dynamic shared memory
+    # (a constant: the other branch is pruned; a device function cannot return shared memory)
+    GLOBAL_SCRATCH = bool(global_scratch)
+
+    if PACKED:
         @cuda.jit(**kernel_options)
         def sequence_kernel(wts, D, H, Ha, score, recurrence,
                             window, inline_proj, x, lengths, hist, keys, hs, cs, positions,
@@ -1191,36 +1176,13 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                 return
             blk = cuda.blockIdx.x
             meta = cuda.shared.array(META, numba.int64)
-            run_block(blk, wts, D, H, Ha, score, recurrence, window, inline_proj, x,
-                      lengths, hist, keys, hs, cs, positions, out_h, out_c, attn,
-                      want_attn, compact, scratch[blk], meta)
-    elif PACKED:
-        @cuda.jit(**kernel_options)
-        def sequence_kernel(wts, D, H, Ha, score, recurrence,
-                            window, inline_proj, x, lengths, hist, keys, hs, cs, positions,
-                            out_h, out_c, attn, want_attn, compact, parts, P, scratch):
-            if LAUNCH_BOUND[0] < 1:    # never: ties the kernel's cache entry to its bound
-                return
-            blk = cuda.blockIdx.x
-            meta = cuda.shared.array(META, numba.int64)
-            buf = cuda.shared.array(0, tp)
+            if GLOBAL_SCRATCH:
+                buf = scratch[blk]
+            else:
+                buf = cuda.shared.array(0, tp)
             run_block(blk, wts, D, H, Ha, score, recurrence, window, inline_proj, x,
                       lengths, hist, keys, hs, cs, positions, out_h, out_c, attn,
                       want_attn, compact, buf, meta)
-    elif global_scratch:
-        @cuda.jit(**kernel_options)
-        def sequence_kernel(wts, D, H, Ha, score, recurrence,
-                            window, inline_proj, x, lengths, hist, keys, hs, cs, positions,
-                            out_h, out_c, attn, want_attn, compact, parts, P, scratch):
-            if LAUNCH_BOUND[0] < 1:    # never: ties the kernel's cache entry to its bound
-                return
-            b, bx, nbx = block_coords()
-            # the grid is exactly (nbx, B) when SPLIT: every block reaches the grid barrier
-            if b < x.shape[0]:
-                run_sequence(b, bx, nbx, wts, D, H, Ha, score,
-                             recurrence, window, inline_proj, x, lengths, hist, keys, hs, cs,
-                             positions, out_h, out_c, attn, want_attn, compact, parts, P,
-                             scratch[b * nbx + bx])
     else:
         @cuda.jit(**kernel_options)
         def sequence_kernel(wts, D, H, Ha, score, recurrence,
@@ -1229,12 +1191,16 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
             if LAUNCH_BOUND[0] < 1:    # never: ties the kernel's cache entry to its bound
                 return
             b, bx, nbx = block_coords()
-            buf = cuda.shared.array(0, tp)
             # the grid is exactly (nbx, B) when SPLIT: every block reaches the grid barrier
             if b < x.shape[0]:
+                if GLOBAL_SCRATCH:
+                    buf = scratch[b * nbx + bx]
+                else:
+                    buf = cuda.shared.array(0, tp)
                 run_sequence(b, bx, nbx, wts, D, H, Ha, score,
                              recurrence, window, inline_proj, x, lengths, hist, keys, hs, cs,
-                             positions, out_h, out_c, attn, want_attn, compact, parts, P, buf)
+                             positions, out_h, out_c, attn, want_attn, compact, parts, P,
+                             buf)
     return sequence_kernel
 
 
