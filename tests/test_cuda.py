@@ -1,8 +1,8 @@
 """What is particular to the CUDA backend (runs on a GPU, or on the simulator with
 NUMBA_ENABLE_CUDASIM=1): device arrays in and out, the state's device copy kept consistent
 with user writes and CPU backends, no device allocation per call, compact attention, the
-warp reduce helper, the scratch placements, the block sizes, availability and the NumPy 2.5
-compatibility step."""
+warp reduce helper, the scratch placements, the block sizes, the packed kernel (several
+sequences per block), availability and the NumPy 2.5 compatibility step."""
 
 import inspect
 import os

@@ -63,6 +63,14 @@ sequence instead share out the outputs of ``h_t``'s products and exchange them t
 history row at a second grid barrier per step. On the simulator, which runs cooperative
 grids of one block, one block per sequence takes all ``P`` parts: the same partial and
 merge code.
+
+Many sequences (``_config.CUDA_SEQUENCES_PER_BLOCK = S > 1``; default 1, the kernel above):
+the packed kernel runs ``S`` sequences per block, one warp each (:func:`packed_geometry`).
+Its threads compute the outputs of every sequence's products together, each weight loaded
+once for the ``S`` sequences (their vectors broadcast from shared memory); warp ``m`` then
+attends over sequence ``m``'s positions alone, in rounds of ``G`` with the same scores and
+online softmax (``score_group``, ``softmax_round``), so ``c_t = acc / l`` needs no merge.
+It never splits a sequence.
 """
 
 import functools
@@ -392,7 +400,9 @@ def _sequence_kernel(dtype, shuffles, global_scratch, G, split, H, Ha, nt, MV, M
     packed = int(packed)
     if packed > 1 and (split or prefetch or nt % packed):
         raise ValueError(f"the packed kernel ({packed} sequences per block of {nt} threads) "
-                         f"neither splits sequences nor loads rows a round ahead")
+                         f"takes a whole warp per sequence, and neither splits sequences "
+                         f"nor loads rows a round ahead; got split={split!r}, "
+                         f"prefetch={prefetch!r}")
     W = nt // packed if packed > 1 else min(nt, WARP)
     HPL = -(-int(H) // W)
     key = (_DTYPE_NAMES[np.dtype(dtype).char], shuffles, global_scratch,
