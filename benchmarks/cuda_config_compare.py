@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 SPLIT = "CUDA_SPLIT_PARTS"
+PACKED = "CUDA_SEQUENCES_PER_BLOCK"
 DEFAULT_SETTING = f"{SPLIT}=1,2,4,8,16,auto"
 
 
@@ -132,6 +133,11 @@ def main(argv=None):
             if forced != "auto" and plan["parts"] != forced:
                 failures += 1
                 print(f"FAIL {name}: {forced} parts forced, the launch ran {plan['parts']}")
+            packed = dict(zip(names, value)).get(PACKED)
+            if packed is not None and plan["sequences_per_block"] != packed:
+                failures += 1
+                print(f"FAIL {name}: {packed} sequences per block asked for, the launch ran "
+                      f"{plan['sequences_per_block']}")
             times[value] = best
         if len(results) < len(values):
             continue
@@ -145,7 +151,8 @@ def main(argv=None):
         failures += not ok
         cells = " ".join(f"{_label(v)}: {times[v] * 1e3:.2f}" for v in values)
         print(f"{'ok  ' if ok else 'FAIL'} {name} (ms by {setting}) {cells} | the last ran "
-              f"{plan['parts']} parts on {plan['blocks_per_sequence']} blocks | max |value - "
+              f"{plan['parts']} parts on {plan['blocks_per_sequence']} blocks, "
+              f"{plan['sequences_per_block']} sequences per block | max |value - "
               f"{_label(values[0])}| {err:.1e}, max |value - float64 numpy| {err_ref:.1e}",
               flush=True)
     return 1 if failures else 0
