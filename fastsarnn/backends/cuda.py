@@ -273,6 +273,15 @@ def disk_cache():
     return _flag("CUDA_DISK_CACHE")
 
 
+def block_size():
+    """``_config.CUDA_BLOCK_SIZE``, checked: a power of two in [2, 1024]."""
+    nt = _config.CUDA_BLOCK_SIZE
+    if not isinstance(nt, int) or nt < 2 or nt > 1024 or nt & (nt - 1):
+        raise ValueError(f"fastsarnn._config.CUDA_BLOCK_SIZE must be a power of two in "
+                         f"[2, 1024]; got {nt!r}")
+    return nt
+
+
 def block_geometry(H, Ha, D, dtype, shuffles, G):
     """(threads per block, scratch elements, scratch in global memory?) for a model.
 
@@ -280,10 +289,7 @@ def block_geometry(H, Ha, D, dtype, shuffles, G):
     scratch exceeds ``_config.CUDA_SHARED_BYTES``; if it still does, the scratch goes to a
     global buffer of the same layout.
     """
-    nt = _config.CUDA_BLOCK_SIZE
-    if not isinstance(nt, int) or nt < 2 or nt > 1024 or nt & (nt - 1):
-        raise ValueError(f"fastsarnn._config.CUDA_BLOCK_SIZE must be a power of two in "
-                         f"[2, 1024]; got {nt!r}")
+    nt = block_size()
     itemsize = np.dtype(dtype).itemsize
     limit = int(_config.CUDA_SHARED_BYTES)
     while True:
@@ -299,11 +305,7 @@ def packed_geometry(H, Ha, D, dtype, shuffles, G, SB):
     kernel, ``SB`` sequences per block: a warp of ``min(CUDA_BLOCK_SIZE, 32)`` lanes per
     sequence; its scratch in shared memory unless, with the ``2 * SB`` lengths and
     positions beside it, it exceeds ``_config.CUDA_SHARED_BYTES``."""
-    nt = _config.CUDA_BLOCK_SIZE
-    if not isinstance(nt, int) or nt < 2 or nt > 1024 or nt & (nt - 1):
-        raise ValueError(f"fastsarnn._config.CUDA_BLOCK_SIZE must be a power of two in "
-                         f"[2, 1024]; got {nt!r}")
-    nt = min(nt, WARP) * SB      # at most 32 * 32 = 1024
+    nt = min(block_size(), WARP) * SB      # at most 32 * 32 = 1024
     n = packed_scratch_elements(H, Ha, D, nt, shuffles, G, SB)
     return nt, n, n * np.dtype(dtype).itemsize + 16 * SB > int(_config.CUDA_SHARED_BYTES)
 
@@ -1041,9 +1043,9 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                         for k in range(tid, D, NT):
                             buf[m * SS + o_x + k] = x[b0 + m, r, k]
                 cuda.syncthreads()          # (1) reads all of x_t
-            # (1) h_t of every sequence: outputs j = tid + u*NT. With W_h h (recurrence hc)
-            # the sums wait in the scratch until every thread has read h; else h_t is
-            # stored at once (the products read only c and x_t)
+            # (1) h_t of every sequence: outputs j = tid + u*NT, their sums kept in the
+            # scratch; with W_h h (recurrence hc) stored as h_t once every thread has read h
+            # (else at once: the products read only c and x_t)
             for j0 in range(0, H, NT):
                 j = j0 + tid
                 # threads past H compute a copy of output H - 1 (never stored), without
@@ -1063,24 +1065,17 @@ def _build_sequence_kernel(dtype_name, shuffles, global_scratch, G, split, nt, H
                 if j < H:
                     for m in range(SB):
                         if r < meta[m]:
-                            if recurrence == 1:
-                                buf[m * SS + o_s + j] = s_h[m]
-                            else:
-                                p_m = meta[SB + m] + r
-                                hv = math.tanh(s_h[m])
-                                buf[m * SS + j] = hv
-                                out_h[b0 + m, r, j] = hv
-                                hist[b0 + m, p_m % window if window > 0 else p_m, j] = hv
+                            buf[m * SS + o_s + j] = s_h[m]
             if recurrence == 1:
                 cuda.syncthreads()          # W_h h read h, which the stores below overwrite
-                for j in range(tid, H, NT):
-                    for m in range(SB):
-                        if r < meta[m]:
-                            p_m = meta[SB + m] + r
-                            hv = math.tanh(buf[m * SS + o_s + j])
-                            buf[m * SS + j] = hv
-                            out_h[b0 + m, r, j] = hv
-                            hist[b0 + m, p_m % window if window > 0 else p_m, j] = hv
+            for j in range(tid, H, NT):     # the outputs this thread summed
+                for m in range(SB):
+                    if r < meta[m]:
+                        p_m = meta[SB + m] + r
+                        hv = math.tanh(buf[m * SS + o_s + j])
+                        buf[m * SS + j] = hv
+                        out_h[b0 + m, r, j] = hv
+                        hist[b0 + m, p_m % window if window > 0 else p_m, j] = hv
             cuda.syncthreads()
             p = pos0 + r
             first = p - window + 1 if (window > 0 and p - window + 1 > 0) else 0
