@@ -590,12 +590,7 @@ class SelfAttentionRNN:
             act = np.ascontiguousarray(act)
         H = self._H
         if out is not None:
-            out_h, out_c = self._check_step_out(out, (H,) if one_d else (B, H))
-            sh, sc = state._h, state._c
-            if (np.may_share_memory(out_h, sh) or np.may_share_memory(out_h, sc)
-                    or np.may_share_memory(out_c, sh) or np.may_share_memory(out_c, sc)):
-                raise ValueError("out buffers must not share memory with state.h or state.c "
-                                 "(the step reads them); pass arrays of their own")
+            out_h, out_c = self._check_step_out(out, (H,) if one_d else (B, H), state)
         if not ready:
             x = _validate.cast(x, dt)
         # A finite sum of squares proves every value finite; otherwise look closely (the
@@ -628,9 +623,10 @@ class SelfAttentionRNN:
         """The shapes ``x_t`` may have, for messages."""
         return f"({B}, {self._D})" + (f" or ({self._D},)" if B == 1 else "")
 
-    def _check_step_out(self, out, shape):
+    def _check_step_out(self, out, shape, state):
         """``out=`` of :meth:`step`: two C-contiguous, writeable arrays of ``shape`` in the
-        model dtype, not overlapping each other."""
+        model dtype, overlapping neither each other nor ``state.h`` and ``state.c`` (the step
+        reads those after it zeroes the outputs of inactive rows)."""
         if type(out) is tuple and len(out) == 2:
             oh, oc = out
             if (type(oh) is np.ndarray and type(oc) is np.ndarray and oh.shape == shape
@@ -638,14 +634,15 @@ class SelfAttentionRNN:
                     and oc.dtype == self._dtype):
                 fh, fc = oh.flags, oc.flags
                 if fh.c_contiguous and fc.c_contiguous and fh.writeable and fc.writeable:
-                    # Views of two different arrays that own their data cannot overlap.
-                    bh = oh if oh.base is None else oh.base
-                    bc = oc if oc.base is None else oc.base
-                    if (bh is not bc and type(bh) is np.ndarray and type(bc) is np.ndarray
-                            and bh.flags.owndata and bc.flags.owndata) \
-                            or not np.shares_memory(oh, oc):
+                    # Memory of two different arrays that own theirs cannot overlap: the
+                    # per-token case needs no overlap computation.
+                    a, b = _memory_owner(oh), _memory_owner(oc)
+                    s, t = _memory_owner(state._h), _memory_owner(state._c)
+                    if (a is not None and b is not None and s is not None and t is not None
+                            and a is not b and a is not s and a is not t and b is not s
+                            and b is not t):
                         return oh, oc
-        # Not the common case: say what is wrong.
+        # Not the common case: check everything, and say what is wrong.
         if not isinstance(out, tuple) or len(out) != 2:
             raise TypeError(f"out must be a tuple (h_buf, c_buf) of two arrays; got "
                             f"{type(out).__name__}")
@@ -660,7 +657,15 @@ class SelfAttentionRNN:
                                  f"shape {_validate.shape_str(buf.shape)}")
             if not (buf.flags.c_contiguous and buf.flags.writeable):
                 raise ValueError(f"{name} must be C-contiguous and writeable")
-        raise ValueError("out[0] and out[1] must not overlap")
+        oh, oc = out
+        if np.shares_memory(oh, oc):
+            raise ValueError("out[0] and out[1] must not overlap")
+        sh, sc = state._h, state._c
+        if (np.may_share_memory(oh, sh) or np.may_share_memory(oh, sc)
+                or np.may_share_memory(oc, sh) or np.may_share_memory(oc, sc)):
+            raise ValueError("out buffers must not share memory with state.h or state.c "
+                             "(the step reads them); pass arrays of their own")
+        return oh, oc
 
     def _prepared_step(self, be, state):
         """``run(x, active, state, out_h, out_c, num_threads)`` (x and outputs ``(B, .)``, or
@@ -684,6 +689,13 @@ class SelfAttentionRNN:
             run = functools.partial(_step_2d, be.step, kernel)
         state._cache[key] = (bufs, run)
         return run
+
+
+def _memory_owner(a):
+    """The ndarray that owns ``a``'s memory (``a`` itself, or the base of a view), or None
+    where that is not a plain ndarray owning its data (a buffer of another kind)."""
+    r = a if a.base is None else a.base
+    return r if type(r) is np.ndarray and r.flags.owndata else None
 
 
 def _step_2d(step, kernel, x, act, state, out_h, out_c, num_threads):

@@ -113,6 +113,10 @@ def test_state_of_another_model_or_batch(backend, primed):
     assert_same(st, snap)
 
 
+_READ_ONLY = np.zeros((2, H))
+_READ_ONLY.flags.writeable = False
+_POOL = np.zeros((2, 2, H))      # out buffers made of views of one array
+
 STEP_CASES = [
     ("x_t rank 3", dict(x=np.zeros((2, 1, D))), ValueError, "shape"),
     ("x_t wrong D", dict(x=np.zeros((2, D + 1))), ValueError, "shape"),
@@ -123,6 +127,24 @@ STEP_CASES = [
     ("active shape", dict(active=np.ones(3, bool)), ValueError, r"\(2,\)"),
     ("active dtype", dict(active=np.ones(2, int)), TypeError, "boolean"),
     ("backend unknown", dict(backend="gpu"), ValueError, "expected one of"),
+    ("out a list", dict(out=[np.zeros((2, H)), np.zeros((2, H))]), TypeError,
+     r"out must be a tuple \(h_buf, c_buf\) of two arrays; got list"),
+    ("out one array", dict(out=(np.zeros((2, H)),)), TypeError, "tuple"),
+    ("out not an array", dict(out=(np.zeros((2, H)).tolist(), np.zeros((2, H)))), TypeError,
+     r"out\[0\] \(h_buf\) must be a NumPy array; got list"),
+    ("out dtype", dict(out=(np.zeros((2, H)), np.zeros((2, H), np.float32))), TypeError,
+     r"out\[1\] \(c_buf\) must have the model dtype float64; got float32"),
+    ("out shape", dict(out=(np.zeros((2, H + 1)), np.zeros((2, H)))), ValueError,
+     rf"out\[0\] \(h_buf\) must have shape \(2, {H}\); got shape \(2, {H + 1}\)"),
+    ("out strided", dict(out=(np.zeros((2, H)), np.zeros((2, 2 * H))[:, ::2])), ValueError,
+     "C-contiguous and writeable"),
+    ("out read-only", dict(out=(np.zeros((2, H)), _READ_ONLY)), ValueError,
+     "C-contiguous and writeable"),
+    ("out the same array twice", dict(out=(_POOL[0], _POOL[0])), ValueError,
+     r"out\[0\] and out\[1\] must not overlap"),
+    ("out overlapping views", dict(out=(_POOL.reshape(-1)[:2 * H].reshape(2, H),
+                                        _POOL.reshape(-1)[H:3 * H].reshape(2, H))),
+     ValueError, "must not overlap"),
 ]
 
 
@@ -450,3 +472,24 @@ def test_step_out_may_not_alias_the_state(backend):
             model.step(np.ones((2, 3)), st, out=out, active=np.array([True, False]),
                        backend=backend)
     assert all(np.array_equal(a, b) for a, b in zip(before, (st.h, st.c, st.positions)))
+
+
+def test_step_out_may_be_views_of_an_array_the_state_uses_where_they_do_not_overlap(backend):
+    """Overlap is what is refused, not a shared owner: state.h, state.c and both out
+    buffers may be rows of one user array. (The CUDA backend then moves h and c into
+    mapped memory of its own, so after a step state.h names another array.)"""
+    import fastsarnn as fs
+    model = fs.SelfAttentionRNN.random(3, 4, seed=0)
+    st, ref = model.init_state(2), model.init_state(2)
+    pool = np.zeros((4, 2, 4), np.float32)
+    st.h, st.c = pool[0], pool[1]
+    with pytest.raises(ValueError, match="must not share memory with state"):
+        model.step(np.ones((2, 3)), st, out=(pool[2], pool[1]), backend=backend)
+    assert not pool.any() and st.positions.tolist() == [0, 0]
+    out = (pool[2], pool[3])
+    for t in range(3):
+        h, c = model.step(np.full((2, 3), t - 1.0), st, out=out, backend=backend)
+        want_h, want_c = model.step(np.full((2, 3), t - 1.0), ref, backend=backend)
+        assert h is out[0] and c is out[1]
+        assert np.array_equal(h, want_h) and np.array_equal(c, want_c)
+        assert np.array_equal(st.h, ref.h) and np.array_equal(st.c, ref.c)

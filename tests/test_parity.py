@@ -145,6 +145,37 @@ def test_step_with_active_rows(backend, active_pattern):
         assert max_err(np.array(streams[b]), ref.h) <= tol(model)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("layout", ["two-arrays", "one-array", "one-stream"])
+def test_step_out_buffers_are_written_and_returned(backend, layout, dtype):
+    """step(out=(h_buf, c_buf)) writes the step's outputs into the buffers and returns them,
+    whatever they held (inactive rows give 0): the same numbers as the call without out=.
+    The buffers may be views of one array where they do not overlap."""
+    Bs = 1 if layout == "one-stream" else 3
+    model = make_model(score="kq", window=3, D=D, H=H, Ha=5, dtype=dtype)
+    x = make_x(Bs, 6, D)
+    st, plain = model.init_state(Bs, capacity=1), model.init_state(Bs, capacity=1)
+    shape = (H,) if layout == "one-stream" else (Bs, H)
+    if layout == "one-array":
+        pool = np.empty((2,) + shape, dtype)
+        out = (pool[0], pool[1])
+    else:
+        out = (np.empty(shape, dtype), np.empty(shape, dtype))
+    for t in range(6):
+        act = None if t % 3 == 0 else np.arange(Bs) % 2 == t % 2
+        for buf in out:
+            buf.fill(np.nan)                     # stale content must not show through
+        x_t = x[0, t] if layout == "one-stream" else x[:, t]
+        h, c = model.step(x_t, st, active=act, out=out, backend=backend)
+        want_h, want_c = model.step(x_t, plain, active=act, backend=backend)
+        assert h is out[0] and c is out[1]
+        np.testing.assert_array_equal(h, want_h)
+        np.testing.assert_array_equal(c, want_c)
+    np.testing.assert_array_equal(st.positions, plain.positions)
+    np.testing.assert_array_equal(st.h, plain.h)
+    np.testing.assert_array_equal(st.c, plain.c)
+
+
 def test_state_from_reference_continues_on_backend(backend):
     """The state layout is shared: a stream may switch backend between calls."""
     model = make_model(score="kq", window=4, D=D, H=H, Ha=5, dtype="float32")
