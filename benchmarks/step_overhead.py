@@ -1,8 +1,9 @@
 """What ``model.step`` costs per token on top of its kernel call, on a CPU backend.
 
 The bench's ``step`` model (B=1, D=64, H=128, score dot, float32) steps one token at
-position 0 again and again (the stream's position is reset before each call, so every
-call does the same work: the update and an attention over one position; h and c carry
+position ``--position`` (default 0) again and again: the stream consumes that many tokens
+of the bench's input first, and its position is reset before each call, so every call does
+the same work (the update and an attention over position + 1 positions; h and c carry
 over from the call before, which changes values, not work). Timed, per call:
 the backend's prepared kernel call alone, then ``model.step`` without ``out=``, with
 ``out=`` buffers, with ``out=`` and ``check_finite=False``, and without ``backend=`` (the
@@ -11,7 +12,8 @@ model layer. Before timing, each variant's output is checked against the float64
 reference. Best of ``--repeats`` loops of ``--calls`` calls, in microseconds; pin it to a
 core for steady figures (``taskset -c 0``).
 
-    python benchmarks/step_overhead.py [--backend c] [--calls 20000] [--repeats 7]
+    python benchmarks/step_overhead.py [--backend c] [--position 0] [--calls 20000]
+                                       [--repeats 7]
 """
 
 import argparse
@@ -27,15 +29,22 @@ from fastsarnn.bench import suite
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="c", choices=["c", "numba", "numpy"])
+    ap.add_argument("--position", type=int, default=0,
+                    help="tokens consumed before the timed one (at most 1023)")
     ap.add_argument("--calls", type=int, default=20000)
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args(argv)
 
     model, x = suite.make_problem(suite.CONFIGS["step"])
-    x_t = np.ascontiguousarray(x[0, 0])
+    P = args.position
+    if not 0 <= P < x.shape[1]:
+        ap.error(f"--position must lie in [0, {x.shape[1] - 1}]; got {P}")
+    x_t = np.ascontiguousarray(x[0, P])
     be = _registry.resolve(args.backend)
-    st = model.init_state(1)
-    pos = st._positions                  # reset to 0 before every call
+    st = model.init_state(1, capacity=P + 1)
+    model.forward(x[0, :P], state=st, backend="numpy")
+    start = st.copy()                    # the stream after P tokens
+    pos = st._positions                  # reset to P before every call
     out = (np.zeros(model.hidden_size, model.dtype), np.zeros(model.hidden_size, model.dtype))
     act = np.ones(1, dtype=np.bool_)
     run = model._prepared_step(be, st)
@@ -48,13 +57,14 @@ def main(argv=None):
             lambda: model.step(x_t, st, backend=name, out=out, check_finite=False),
         "model.step, no backend= (settings)": lambda: model.step(x_t, st, out=out),
     }
-    ref = model.astype("float64").forward(x_t[None].astype(np.float64), backend="numpy")
+    ref = model.astype("float64").forward(x[0, :P + 1].astype(np.float64), backend="numpy")
     tol = _config.TOLERANCE[model.dtype.name]
     for label, call in variants.items():
-        st.reset()
+        for buf in ("hist", "h", "c", "positions"):
+            getattr(st, buf)[...] = getattr(start, buf)
         got = call()
         h = out[0] if got is None else got[0]
-        err = float(np.max(np.abs(h - ref.h[0])))
+        err = float(np.max(np.abs(h - ref.h[P])))
         if not err <= tol:
             raise SystemExit(f"{label}: max abs error {err:.3g} > {tol:g}; nothing timed")
 
@@ -63,7 +73,7 @@ def main(argv=None):
         for _ in range(args.repeats):
             t = time.perf_counter()
             for _ in range(args.calls):
-                pos[0] = 0
+                pos[0] = P
                 call()
             best = min(best, time.perf_counter() - t)
         return best / args.calls * 1e6
@@ -71,7 +81,7 @@ def main(argv=None):
     empty = best_us(lambda: None)        # the loop and the reset
     times = {label: best_us(call) - empty for label, call in variants.items()}
     kernel = times["kernel call alone"]
-    print(f"model.step per token at position 0, backend {name!r} (the auto choice now: "
+    print(f"model.step per token at position {P}, backend {name!r} (the auto choice now: "
           f"{fs.get_backend()!r}); best of {args.repeats} x {args.calls} calls, us")
     for label, us in times.items():
         extra = ("" if label == "kernel call alone" else
