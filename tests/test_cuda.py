@@ -273,7 +273,21 @@ def test_kernel_launch_checks_its_arguments():
         be.forward(model._kernel, x, np.array([6, 6]), st, out, out.copy(), None)
     with pytest.raises(ValueError, match="inconsistent shapes"):
         be.forward(model._kernel, x, np.array([3, 3]), st, out[:, :5], out, None)
-    assert st.positions.tolist() == [0, 0] and np.all(st.hist == 0)
+    # lengths outside [0, T] would index x and the outputs past their ends
+    for lengths in ([-2, 3], [3, 7]):
+        with pytest.raises(ValueError, match=r"lengths must lie in \[0, 6\]; got values "
+                                             rf"from {min(lengths)} to {max(lengths)}"):
+            be.forward(model._kernel, x, np.array(lengths), st, out, out.copy(), None)
+    # a negative position (or one so large that position + steps overflows) would index
+    # the history before its start
+    for positions in ([0, -1], [2 ** 61, 0]):
+        st.positions[...] = positions
+        with pytest.raises(ValueError, match=rf"positions must lie in \[0, {2 ** 61 - 1}\]; "
+                                             rf"got values from {min(positions)} to "
+                                             rf"{max(positions)}"):
+            be.forward(model._kernel, x, np.array([1, 1]), st, out, out.copy(), None)
+    st.positions[...] = 0
+    assert np.all(st.hist == 0) and np.all(st.h == 0) and np.all(out == 0)
 
 
 # -- the kernel's variants -----------------------------------------------------------------------

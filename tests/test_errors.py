@@ -161,6 +161,30 @@ def test_step_errors_leave_state_unchanged(backend, primed, case):
     assert_same(st, snap)
 
 
+@pytest.mark.parametrize("method", ["forward", "step"])
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_negative_state_positions_are_refused_and_change_nothing(backend, batch, window,
+                                                                   method):
+    """state.positions is public and writable. A negative one is refused by every backend
+    before any row advances: the kernels would index the history before its start. The
+    stream first takes steps, so that a step repeats a prepared launch where a backend
+    has one."""
+    model = make_model(window=window, D=D, H=H)
+    st = model.init_state(batch)
+    model.forward(make_x(batch, 2, D), state=st, backend=backend)
+    for t in range(2):
+        model.step(make_x(batch, 1, D, seed=t)[:, 0], st, backend=backend)
+    st.positions[batch - 1] = -3
+    snap = snapshot(st)
+    with pytest.raises(ValueError, match="position"):
+        if method == "forward":
+            model.forward(make_x(batch, 3, D), state=st, backend=backend)
+        else:
+            model.step(make_x(batch, 1, D)[:, 0], st, backend=backend)
+    assert_same(st, snap)
+
+
 def test_nan_in_inactive_row_is_allowed(backend, primed):
     model, st = primed
     x = make_x(2, 1, D)[:, 0]

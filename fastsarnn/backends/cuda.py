@@ -1871,6 +1871,12 @@ def _launch_plan(p, key=None):
     return got
 
 
+#: The largest state position a launch accepts (INT64_MAX / 4, as the C kernels): a
+#: position plus a chunk's steps, or plus a window, never overflows the kernels' 64-bit
+#: indices.
+MAX_POSITION = (2 ** 63 - 1) // 4
+
+
 def _latest_position(pos):
     """The latest position of any sequence, 0 for none (for one sequence, a step's common
     case, a scalar read)."""
@@ -1904,6 +1910,16 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
                          f"state batch {state.batch_size}, model D={p.D} H={H}")
     pos = state.positions
     last = _latest_position(pos)
+    if B:
+        # every index the kernels derive from a length or a position stays in bounds
+        lo, hi = ((int(lens[0]),) * 2 if B == 1 else (int(lens.min()), int(lens.max())))
+        if lo < 0 or hi > T:
+            raise ValueError(f"cuda kernel: lengths must lie in [0, {T}]; got values from "
+                             f"{lo} to {hi}")
+        first = int(pos[0]) if B == 1 else int(pos.min())
+        if first < 0 or last > MAX_POSITION:
+            raise ValueError(f"cuda kernel: state positions must lie in [0, {MAX_POSITION}]; "
+                             f"got values from {first} to {last}")
     if p.window is None and B and (int(pos[0]) + int(lens[0]) if B == 1
                                    else int((pos + lens).max())) > state.capacity:
         raise ValueError("cuda kernel: the state's capacity does not fit the new positions")
@@ -2031,6 +2047,8 @@ def _launch_again(p, w, state, slot):
     last = _latest_position(pos)
     if p.window is None and last + 1 > state.capacity:
         return False
+    if (last if B == 1 else int(pos.min())) < 0 or last > MAX_POSITION:
+        return False               # _launch says what is wrong
     if plan["sequences_per_block"] == 1:   # the packed kernel never splits
         n_last = _attended_at_last_step(p, last, 1)
         parts = split_parts()     # checked when the plan was made: a key of equal settings
