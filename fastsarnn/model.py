@@ -183,6 +183,9 @@ def _read_model_file(path):
     if config["format"] != _FORMAT_VERSION:
         raise _not_a_model_file(path, f"file format {config['format']!r} (this fastsarnn "
                                 f"reads format {_FORMAT_VERSION}; a newer version wrote it?)")
+    if config["recurrence"] not in _config.RECURRENCES:
+        raise _not_a_model_file(path, f"__config__ recurrence={config['recurrence']!r}; "
+                                f"expected one of {list(_config.RECURRENCES)}")
     return config, entries
 
 

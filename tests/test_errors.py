@@ -339,6 +339,12 @@ def _write(path, kind):
     elif kind == "config missing keys":
         with open(path, "wb") as f:
             np.savez(f, __config__=np.array('{"format": 1, "score": "dot"}'))
+    elif kind == "unknown recurrence":
+        p = make_model().params
+        with open(path, "wb") as f:
+            np.savez(f, __config__=np.array('{"format": 1, "score": "dot", "window": null, '
+                                            '"dtype": "float64", "recurrence": "lstm"}'),
+                     W_x=p["W_x"], W_c=p["W_c"], b=p["b"])
     elif kind == "newer format":
         with open(path, "wb") as f:
             np.savez(f, __config__=np.array('{"format": 99, "score": "dot", "window": null, '
@@ -357,6 +363,7 @@ LOAD_CASES = {
     "config not json": "found a __config__ entry that is not JSON",
     "config missing keys": r"__config__ lacks \['dtype', 'recurrence', 'window'\]",
     "newer format": "format 99",
+    "unknown recurrence": r"recurrence='lstm'; expected one of \['c', 'hc'\]",
 }
 
 
