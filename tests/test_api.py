@@ -64,6 +64,89 @@ def test_selection_precedence(monkeypatch):
                 pass
 
 
+def _spy_backends(monkeypatch, names):
+    """Stand the NumPy reference in for each backend of ``names``, each recording in the
+    returned list that it computed (so a test can tell which backend a call ran)."""
+    import types
+    from fastsarnn import _registry
+    from fastsarnn.backends import numpy_ref
+    ran = []
+    for name in names:
+        spy = types.ModuleType(f"spy_{name}")
+        spy.__dict__.update({k: v for k, v in vars(numpy_ref).items() if k[:2] != "__"})
+        spy.NAME = name
+        spy.forward = lambda *a, _n=name, **k: (ran.append(_n), numpy_ref.forward(*a, **k))
+        spy.step = lambda *a, _n=name, **k: (ran.append(_n), numpy_ref.step(*a, **k))
+        monkeypatch.setitem(_registry._loaded, name, spy)
+    return ran
+
+
+def test_auto_tries_c_then_numba_then_numpy_and_never_cuda(monkeypatch):
+    from fastsarnn import _registry
+    monkeypatch.delenv("FASTSARNN_BACKEND", raising=False)
+    _spy_backends(monkeypatch, ["c", "numba", "numpy", "cuda"])
+    fs.set_backend(None)
+    assert fs.get_backend() == "c"
+    for name, then in (("c", "numba"), ("numba", "numpy")):
+        monkeypatch.setitem(_registry._loaded, name, _registry._UnavailableBackend(name, "no"))
+        assert fs.get_backend() == then
+
+
+def test_the_selected_backend_is_the_one_that_computes(monkeypatch):
+    """Each way of choosing reaches forward and step, not only get_backend()."""
+    monkeypatch.delenv("FASTSARNN_BACKEND", raising=False)
+    ran = _spy_backends(monkeypatch, ["c", "numba", "numpy", "cuda"])
+    m = make_model()
+    x = make_x(1, 2, 5)
+
+    def computed_on(**kwargs):
+        ran.clear()
+        m.forward(x, **kwargs)
+        m.step(x[:, 0], m.init_state(1), **kwargs)
+        assert len(ran) == 2 and ran[0] == ran[1], ran
+        return ran[0]
+
+    fs.set_backend(None)
+    assert computed_on() == "c"                                   # auto
+    monkeypatch.setenv("FASTSARNN_BACKEND", "numba")
+    assert computed_on() == "numba"                               # the environment
+    try:
+        fs.set_backend("cuda")
+        assert computed_on() == "cuda"                            # set_backend
+        with fs.use_backend("numpy"):
+            assert computed_on() == "numpy"                       # use_backend
+            assert computed_on(backend="c") == "c"                # the argument
+    finally:
+        fs.set_backend(None)
+    assert computed_on() == "numba"
+
+
+def test_use_backend_is_context_local(monkeypatch):
+    """Two asyncio tasks on one thread each see their own use_backend choice."""
+    import asyncio
+    monkeypatch.delenv("FASTSARNN_BACKEND", raising=False)
+    _pretend_cuda_runs(monkeypatch)
+
+    async def task(name, entered, go):
+        with fs.use_backend(name):
+            entered.set()
+            await go.wait()
+            return fs.get_backend()
+
+    async def main():
+        entered = [asyncio.Event(), asyncio.Event()]
+        go = asyncio.Event()
+        tasks = [asyncio.create_task(task(n, e, go))
+                 for n, e in zip(("numpy", "cuda"), entered)]
+        for e in entered:
+            await e.wait()           # both choices made before either reads its own
+        go.set()
+        return await asyncio.gather(*tasks)
+
+    assert asyncio.run(main()) == ["numpy", "cuda"]
+    assert fs.get_backend() == fs.get_backend("auto")      # the choices ended with the tasks
+
+
 def test_use_backend_is_thread_local(monkeypatch):
     monkeypatch.delenv("FASTSARNN_BACKEND", raising=False)
     _pretend_cuda_runs(monkeypatch)
@@ -99,10 +182,11 @@ def test_explicit_choice_never_falls_back(monkeypatch):
             m.forward(make_x(1, 2, 5))
 
 
+@pytest.mark.parametrize("dtype, window", [("float32", 5), ("float64", None)])
 @pytest.mark.parametrize("recurrence", RECURRENCES)
 @pytest.mark.parametrize("score", SCORES)
-def test_save_load_round_trip_is_exact(tmp_path, score, recurrence):
-    m = make_model(score=score, recurrence=recurrence, window=5, dtype="float32", Ha=3)
+def test_save_load_round_trip_is_exact(tmp_path, score, recurrence, dtype, window):
+    m = make_model(score=score, recurrence=recurrence, window=window, dtype=dtype, Ha=3)
     path = tmp_path / "model.npz"
     m.save(path)
     m2 = fs.SelfAttentionRNN.load(path)
@@ -115,7 +199,7 @@ def test_save_load_round_trip_is_exact(tmp_path, score, recurrence):
     assert np.array_equal(m.forward(x, backend="numpy").c, m2.forward(x, backend="numpy").c)
     path2 = tmp_path / "noext"
     m.save(path2)
-    assert fs.SelfAttentionRNN.load(path2).window == 5
+    assert fs.SelfAttentionRNN.load(path2).window == window
 
 
 def test_properties_and_params_are_read_only():
@@ -127,6 +211,34 @@ def test_properties_and_params_are_read_only():
     with pytest.raises(ValueError):
         m.params["W_x"][0, 0] = 1.0
     assert make_model().attention_size is None
+
+
+@pytest.mark.parametrize("recurrence", RECURRENCES)
+@pytest.mark.parametrize("score", SCORES)
+def test_random_draws_every_parameter_in_the_documented_order(score, recurrence):
+    """SPEC: i.i.d. U(-1/sqrt(H), 1/sqrt(H)) in float64 from default_rng(seed), in the order
+    W_x, W_c, b, W_h, W_s, W_k, W_q, v (absent ones skipped); Ha defaults to H."""
+    D_, H_ = 3, 4
+    m = fs.SelfAttentionRNN.random(D_, H_, score=score, recurrence=recurrence, seed=7,
+                                   dtype="float64")
+    shapes = {"W_x": (H_, D_), "W_c": (H_, H_), "b": (H_,), "W_h": (H_, H_), "W_s": (H_, H_),
+              "W_k": (H_, H_), "W_q": (H_, H_), "v": (H_,)}
+    present = {"W_h": recurrence == "hc", "W_s": score == "general",
+               "W_k": score in ("kq", "additive"), "W_q": score in ("kq", "additive"),
+               "v": score == "additive"}
+    order = [n for n in shapes if present.get(n, True)]
+    assert list(m.params) == order
+    assert m.attention_size == (H_ if score in ("kq", "additive") else None)
+    rng = np.random.default_rng(7)
+    k = 1 / np.sqrt(H_)
+    for name in order:
+        np.testing.assert_array_equal(m.params[name], rng.uniform(-k, k, size=shapes[name]),
+                                      err_msg=name)
+
+
+def test_init_state_defaults_to_one_stream():
+    st = make_model().init_state()
+    assert st.batch_size == 1 and st.positions.tolist() == [0]
 
 
 def test_random_follows_the_documented_draw():

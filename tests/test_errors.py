@@ -32,10 +32,14 @@ def primed():
 
 
 FORWARD_CASES = [
-    ("x rank 1", dict(x=np.zeros(D)), ValueError, "shape"),
-    ("x rank 4", dict(x=np.zeros((1, 2, 3, D))), ValueError, "shape"),
-    ("x wrong D", dict(x=np.zeros((2, 3, D + 1))), ValueError, f"D = {D}"),
-    ("x batch vs state", dict(x=np.zeros((3, 3, D))), ValueError, "batch size"),
+    ("x rank 1", dict(x=np.zeros(D)), ValueError,
+     rf"x must have shape \(T, {D}\) or \(B, T, {D}\); got shape \({D},\)"),
+    ("x rank 4", dict(x=np.zeros((1, 2, 3, D))), ValueError,
+     rf"got shape \(1, 2, 3, {D}\)"),
+    ("x wrong D", dict(x=np.zeros((2, 3, D + 1))), ValueError,
+     rf"D = {D}\); got shape \(2, 3, {D + 1}\)"),
+    ("x batch vs state", dict(x=np.zeros((3, 3, D))), ValueError,
+     "state has batch size 2; the input has batch size 3"),
     ("x complex", dict(x=np.zeros((2, 3, D), complex)), TypeError, "complex"),
     ("x object", dict(x=np.zeros((2, 3, D), object)), TypeError, "object"),
     ("x bool", dict(x=np.zeros((2, 3, D), bool)), TypeError, "bool"),
@@ -47,8 +51,10 @@ FORWARD_CASES = [
     ("x float64 overflow to float32 inf", None, None, None),
     ("lengths float", dict(lengths=np.array([1.0, 2.0])), TypeError, "integer"),
     ("lengths bool", dict(lengths=np.array([True, False])), TypeError, "integer"),
-    ("lengths shape", dict(lengths=np.array([1, 2, 3])), ValueError, r"\(2,\)"),
-    ("lengths rank", dict(lengths=np.array([[1, 2]])), ValueError, r"\(2,\)"),
+    ("lengths shape", dict(lengths=np.array([1, 2, 3])), ValueError,
+     r"lengths must have shape \(2,\).*; got shape \(3,\)"),
+    ("lengths rank", dict(lengths=np.array([[1, 2]])), ValueError,
+     r"lengths must have shape \(2,\).*; got shape \(1, 2\)"),
     ("lengths > T", dict(lengths=np.array([1, 4])), ValueError, r"lengths\[1\] = 4"),
     ("lengths < 0", dict(lengths=np.array([-1, 2])), ValueError, r"lengths\[0\] = -1"),
     ("backend unknown", dict(backend="fortran"), ValueError, "expected one of"),
@@ -90,6 +96,29 @@ def test_float64_overflow_when_cast_to_float32_is_caught(backend):
         model.forward(x, backend=backend)
 
 
+def test_step_checks_x_t_after_the_cast_and_check_finite_off_skips_it(backend):
+    """A float64 x_t that overflows float32 is caught (finiteness is checked after the
+    cast); check_finite=False skips the check: the result is unspecified, the call runs."""
+    model = make_model(D=D, H=H, dtype="float32")
+    st = model.init_state(2)
+    x = make_x(2, 1, D)[:, 0]
+    x[1, 3] = 1e300
+    with pytest.raises(ValueError, match=r"x_t\[1, 3\]"):
+        model.step(x, st, backend=backend)
+    assert st.positions.tolist() == [0, 0]
+    x[1, 3] = np.nan
+    h, c = model.step(x, st, backend=backend, check_finite=False)
+    assert h.shape == (2, H) and st.positions.tolist() == [1, 1]
+
+
+def test_unsigned_lengths_are_integers(backend):
+    model = make_model(D=D, H=H)
+    x = make_x(2, 4, D)
+    got = model.forward(x, lengths=np.array([4, 2], dtype=np.uint16), backend=backend)
+    want = model.forward(x, lengths=np.array([4, 2]), backend=backend)
+    assert np.array_equal(got.h, want.h) and np.all(got.h[1, 2:] == 0)
+
+
 def test_two_dimensional_lengths_must_be_an_int(backend):
     model = make_model(D=D, H=H)
     with pytest.raises(TypeError, match="integer"):
@@ -118,13 +147,17 @@ _READ_ONLY.flags.writeable = False
 _POOL = np.zeros((2, 2, H))      # out buffers made of views of one array
 
 STEP_CASES = [
-    ("x_t rank 3", dict(x=np.zeros((2, 1, D))), ValueError, "shape"),
-    ("x_t wrong D", dict(x=np.zeros((2, D + 1))), ValueError, "shape"),
-    ("x_t 1-D with batch 2", dict(x=np.zeros(D)), ValueError, "batch size"),
+    ("x_t rank 3", dict(x=np.zeros((2, 1, D))), ValueError,
+     rf"x_t must have shape \(2, {D}\) .*; got shape \(2, 1, {D}\)"),
+    ("x_t wrong D", dict(x=np.zeros((2, D + 1))), ValueError,
+     rf"x_t must have shape \(2, {D}\) .*; got shape \(2, {D + 1}\)"),
+    ("x_t 1-D with batch 2", dict(x=np.zeros(D)), ValueError,
+     "state has batch size 2; the input has batch size 1"),
     ("x_t complex", dict(x=np.zeros((2, D), complex)), TypeError, "complex"),
     ("x_t nan", dict(x=np.where(np.arange(D) == 1, np.nan, np.zeros((2, D)))), ValueError,
      r"x_t\[0, 1\]"),
-    ("active shape", dict(active=np.ones(3, bool)), ValueError, r"\(2,\)"),
+    ("active shape", dict(active=np.ones(3, bool)), ValueError,
+     r"active must have shape \(2,\); got shape \(3,\)"),
     ("active dtype", dict(active=np.ones(2, int)), TypeError, "boolean"),
     ("backend unknown", dict(backend="gpu"), ValueError, "expected one of"),
     ("out a list", dict(out=[np.zeros((2, H)), np.zeros((2, H))]), TypeError,
@@ -215,7 +248,8 @@ def test_nan_in_an_inactive_single_row_is_allowed_whatever_its_shape(backend, sh
 W = {"W_x": np.zeros((H, D)), "W_c": np.zeros((H, H)), "b": np.zeros(H)}
 CONSTRUCTOR_CASES = [
     ("W_x rank", dict(W, W_x=np.zeros(H)), ValueError, "W_x must have shape"),
-    ("W_c shape", dict(W, W_c=np.zeros((H, H + 1))), ValueError, r"W_c must have shape \(6, 6\)"),
+    ("W_c shape", dict(W, W_c=np.zeros((H, H + 1))), ValueError,
+     r"W_c must have shape \(6, 6\); got shape \(6, 7\)"),
     ("b shape", dict(W, b=np.zeros(H + 1)), ValueError, r"b must have shape \(6,\)"),
     ("W_h shape", dict(W, W_h=np.zeros((H, 2))), ValueError, "W_h"),
     ("W_c complex", dict(W, W_c=np.zeros((H, H), complex)), TypeError, "complex"),
@@ -227,9 +261,12 @@ CONSTRUCTOR_CASES = [
      r"b\[0\] = inf is not finite; expected finite weights$"),
     ("unknown score", dict(W, score="cosine"), ValueError, "expected one of"),
     ("unknown dtype", dict(W, dtype="float16"), ValueError, "float32"),
-    ("window 0", dict(W, window=0), ValueError, "window"),
-    ("window float", dict(W, window=2.0), ValueError, "window"),
-    ("window bool", dict(W, window=True), ValueError, "window"),
+    ("window 0", dict(W, window=0), ValueError,
+     "window must be None or an integer >= 1; got 0"),
+    ("window float", dict(W, window=2.0), ValueError,
+     "window must be None or an integer >= 1; got 2.0"),
+    ("window bool", dict(W, window=True), ValueError,
+     "window must be None or an integer >= 1; got True"),
     ("general without W_s", dict(W, score="general"), ValueError, "W_s is required"),
     ("kq without W_q", dict(W, score="kq", W_k=np.zeros((3, H))), ValueError, "W_q is required"),
     ("additive without v", dict(W, score="additive", W_k=np.zeros((3, H)),

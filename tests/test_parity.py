@@ -61,17 +61,26 @@ def test_integer_and_half_inputs_are_cast(backend):
         assert_parity(model, got, reference(model, x))
 
 
-def test_empty_inputs(backend):
-    model = make_model(D=D, H=H)
+@pytest.mark.parametrize("score", ["dot", "kq"])
+def test_empty_inputs(backend, score):
+    """T = 0 returns empty outputs and leaves every buffer of the state as it was; B = 0 is
+    allowed in forward and step."""
+    model = make_model(score=score, D=D, H=H, Ha=5)
     st = model.init_state(2)
     model.forward(make_x(2, 3, D), state=st, backend=backend)
     before = st.copy()
     out = model.forward(np.zeros((2, 0, D)), state=st, return_attention=True, backend=backend)
     assert out.h.shape == (2, 0, H) and out.attention.shape == (2, 0, 3)
-    assert np.array_equal(st.positions, before.positions) and np.array_equal(st.h, before.h)
+    for name in ("hist", "keys", "h", "c", "positions"):
+        a, b = getattr(st, name), getattr(before, name)
+        assert (a is None) == (b is None) and (a is None or np.array_equal(a, b)), name
     np.testing.assert_array_equal(out.h_last, before.h)
+    np.testing.assert_array_equal(out.c_last, before.c)
     out = model.forward(np.zeros((0, 4, D)), backend=backend, return_attention=True)
     assert out.h.shape == (0, 4, H) and out.h_last.shape == (0, H)
+    empty = model.init_state(0)
+    h, c = model.step(np.zeros((0, D)), empty, backend=backend)
+    assert h.shape == c.shape == (0, H) and empty.positions.shape == (0,)
 
 
 def random_chunks(rng, total):
