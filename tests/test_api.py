@@ -54,9 +54,7 @@ def test_selection_precedence(monkeypatch):
     monkeypatch.setenv("FASTSARNN_BACKEND", "nope")
     with pytest.raises(ValueError, match="FASTSARNN_BACKEND"):
         fs.get_backend()
-    for bad in ("nope", 3, None):
-        if bad is None:
-            continue
+    for bad in ("nope", 3):
         with pytest.raises(ValueError, match="expected one of"):
             fs.set_backend(bad)
         with pytest.raises(ValueError, match="expected one of"):
@@ -179,7 +177,12 @@ def test_explicit_choice_never_falls_back(monkeypatch):
         m.forward(make_x(1, 2, 5), backend="numba")
     with pytest.raises(fs.BackendUnavailableError, match="test says no"):
         with fs.use_backend("numba"):            # the choice itself fails, at once
-            m.forward(make_x(1, 2, 5))
+            pass
+    monkeypatch.setenv("FASTSARNN_BACKEND", "numba")   # read at the call: fails there
+    for call in (lambda: m.forward(make_x(1, 2, 5)),
+                 lambda: m.step(make_x(1, 1, 5)[:, 0], m.init_state(1))):
+        with pytest.raises(fs.BackendUnavailableError, match="test says no"):
+            call()
 
 
 @pytest.mark.parametrize("dtype, window", [("float32", 5), ("float64", None)])
@@ -211,6 +214,7 @@ def test_properties_and_params_are_read_only():
     with pytest.raises(ValueError):
         m.params["W_x"][0, 0] = 1.0
     assert make_model().attention_size is None
+    assert make_model().recurrence == "c" and make_model(recurrence="hc").recurrence == "hc"
 
 
 @pytest.mark.parametrize("recurrence", RECURRENCES)
@@ -307,6 +311,15 @@ def test_state_copy_is_independent_and_t_tracks_positions():
     assert st.t == 0 and not st.h.any() and not st.hist.any()
     with pytest.raises(ValueError, match="another model"):
         make_model().forward(make_x(2, 1, 5), state=cp)
+    # every buffer of a copy is its own: a copy that takes other input leaves the original's
+    # history and keys alone (replaying the same input above would not tell)
+    mk = make_model(score="kq", Ha=3)
+    sk = mk.init_state(2)
+    mk.forward(make_x(2, 3, 5), state=sk, backend="numpy")
+    snap = {k: getattr(sk, k).copy() for k in ("hist", "keys", "h", "c", "positions")}
+    mk.forward(make_x(2, 3, 5, seed=9), state=sk.copy(), backend="numpy")
+    for k, v in snap.items():
+        assert np.array_equal(getattr(sk, k), v), k
 
 
 def test_call_is_forward():
