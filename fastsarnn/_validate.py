@@ -171,6 +171,21 @@ def lengths(value, batch: int, steps: int, two_d: bool) -> np.ndarray:
     return arr
 
 
+#: The largest state position a call accepts (INT64_MAX / 4, as the C kernels check): a
+#: position plus a call's steps, or plus a window, never overflows a 64-bit index.
+MAX_POSITION = (2 ** 63 - 1) // 4
+
+
+def positions(pos: np.ndarray, first: int, last: int) -> None:
+    """A state's ``positions`` (steps each stream has consumed, public and writable) with
+    their smallest and largest value: ``ValueError`` naming a row outside
+    ``[0, MAX_POSITION]``."""
+    if first < 0 or last > MAX_POSITION:
+        b = int(np.argmin(pos)) if first < 0 else int(np.argmax(pos))
+        raise ValueError(f"state.positions must lie in [0, {MAX_POSITION}] (the steps each "
+                         f"stream has consumed); got {int(pos[b])} in row {b}")
+
+
 def num_threads(value):
     if value is None:
         return None

@@ -490,6 +490,9 @@ class SelfAttentionRNN:
                 mask = (np.arange(T)[None, :] < lens[:, None])[:, :, None]
                 _validate.first_nonfinite("x", xc if not two_d else xc[0],
                                           mask if not two_d else mask[0])
+        if state is not None and B:
+            pos = state._positions
+            _validate.positions(pos, int(pos.min()), int(pos.max()))
         # -- all checks passed: from here on nothing may fail for the user's input --------
         device = getattr(be, "DEVICE", False)
         st = state if state is not None else self.init_state(B, capacity=max(T, 1))
@@ -601,15 +604,20 @@ class SelfAttentionRNN:
         if check_finite and x.size and not math.isfinite(x.dot(x) if one_d else np.vdot(x, x)):
             if not np.isfinite(x).all():
                 _validate.first_nonfinite("x_t", x, act if one_d else act[:, None])
+        if B:
+            pos = state._positions
+            if B == 1:
+                first = last = int(pos[0])
+            else:
+                first, last = int(pos.min()), int(pos.max())
+            if first < 0 or last > _validate.MAX_POSITION:
+                _validate.positions(pos, first, last)
         # -- all checks passed: from here on nothing may fail for the user's input --------
         device = be.__dict__.get("DEVICE", False)
         if not device:
             state._sync_host()
-        if B:
-            pos = state._positions
-            need = (int(pos[0]) if B == 1 else int(pos.max())) + 1
-            if need > state._hist.shape[1]:      # state.capacity
-                state._ensure_capacity(need)
+        if B and last + 1 > state._hist.shape[1]:      # state.capacity
+            state._ensure_capacity(last + 1)
         if out is None:
             out_h = np.zeros((H,) if one_d else (B, H), dtype=dt)
             out_c = np.zeros((H,) if one_d else (B, H), dtype=dt)

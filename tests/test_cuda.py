@@ -288,6 +288,16 @@ def test_kernel_launch_checks_its_arguments():
             be.forward(model._kernel, x, np.array([1, 1]), st, out, out.copy(), None)
     st.positions[...] = 0
     assert np.all(st.hist == 0) and np.all(st.h == 0) and np.all(out == 0)
+    # a step that would repeat its stream's prepared launch checks the positions too
+    st1 = model.init_state(1)
+    for t in range(3):
+        model.step(x[:1, t], st1, backend="cuda")
+    before = (st1.h.copy(), st1.hist.copy())
+    st1.positions[0] = -1
+    h1, c1 = np.zeros((1, 6)), np.zeros((1, 6))
+    with pytest.raises(ValueError, match=r"positions must lie in \[0, "):
+        be.step(model._kernel_for(st1), x[:1, 3], np.ones(1, bool), st1, h1, c1)
+    assert np.array_equal(st1.h, before[0]) and np.array_equal(st1.hist, before[1])
 
 
 # -- the kernel's variants -----------------------------------------------------------------------

@@ -176,6 +176,11 @@ STEP_CASES = [
     ("out overlapping views", dict(out=(_POOL.reshape(-1)[:2 * H].reshape(2, H),
                                         _POOL.reshape(-1)[H:3 * H].reshape(2, H))),
      ValueError, "must not overlap"),
+    # views whose base does not own its memory (as_strided's): NumPy's overlap test decides
+    ("out overlapping strided views", dict(out=(
+        np.lib.stride_tricks.as_strided(_POOL, (2, H), (8 * H, 8))[:],
+        np.lib.stride_tricks.as_strided(_POOL[0, 1], (2, H), (8 * H, 8))[:])),
+     ValueError, "must not overlap"),
 ]
 
 
@@ -195,25 +200,31 @@ def test_step_errors_leave_state_unchanged(backend, primed, case):
 @pytest.mark.parametrize("method", ["forward", "step"])
 @pytest.mark.parametrize("window", [None, 3])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_negative_state_positions_are_refused_and_change_nothing(backend, batch, window,
-                                                                   method):
-    """state.positions is public and writable. A negative one is refused by every backend
-    before any row advances: the kernels would index the history before its start. The
-    stream first takes steps, so that a step repeats a prepared launch where a backend
+def test_state_positions_out_of_range_are_refused_and_change_nothing(backend, batch, window,
+                                                                      method):
+    """state.positions is public and writable. A negative position (or one past
+    INT64_MAX / 4) is refused before anything changes: the history keeps its capacity
+    (full here, so a step would grow it) and out= buffers keep their values. The stream
+    first takes steps, so that a step would repeat a prepared launch where a backend
     has one."""
     model = make_model(window=window, D=D, H=H)
-    st = model.init_state(batch)
+    st = model.init_state(batch, capacity=2)
     model.forward(make_x(batch, 2, D), state=st, backend=backend)
     for t in range(2):
         model.step(make_x(batch, 1, D, seed=t)[:, 0], st, backend=backend)
-    st.positions[batch - 1] = -3
-    snap = snapshot(st)
-    with pytest.raises(ValueError, match="position"):
-        if method == "forward":
-            model.forward(make_x(batch, 3, D), state=st, backend=backend)
-        else:
-            model.step(make_x(batch, 1, D)[:, 0], st, backend=backend)
-    assert_same(st, snap)
+    out = (np.full((batch, H), 7.0), np.full((batch, H), 7.0))
+    for bad in (-3, 2 ** 61):
+        st.positions[batch - 1] = bad
+        snap = snapshot(st)
+        with pytest.raises(ValueError, match=rf"state.positions must lie in \[0, {2 ** 61 - 1}"
+                                             rf"\] .*; got {bad} in row {batch - 1}"):
+            if method == "forward":
+                model.forward(make_x(batch, 3, D), state=st, backend=backend)
+            else:
+                model.step(make_x(batch, 1, D)[:, 0], st, backend=backend, out=out,
+                           active=np.ones(batch, bool))
+        assert_same(st, snap)
+        assert np.all(out[0] == 7.0) and np.all(out[1] == 7.0)
 
 
 def test_nan_in_inactive_row_is_allowed(backend, primed):

@@ -1871,12 +1871,6 @@ def _launch_plan(p, key=None):
     return got
 
 
-#: The largest state position a launch accepts (INT64_MAX / 4, as the C kernels): a
-#: position plus a chunk's steps, or plus a window, never overflows the kernels' 64-bit
-#: indices.
-MAX_POSITION = (2 ** 63 - 1) // 4
-
-
 def _latest_position(pos):
     """The latest position of any sequence, 0 for none (for one sequence, a step's common
     case, a scalar read)."""
@@ -1917,8 +1911,9 @@ def _launch(p, w, d_x, lens, d_len, state, d_out_h, d_out_c, d_attn, compact, in
             raise ValueError(f"cuda kernel: lengths must lie in [0, {T}]; got values from "
                              f"{lo} to {hi}")
         first = int(pos[0]) if B == 1 else int(pos.min())
-        if first < 0 or last > MAX_POSITION:
-            raise ValueError(f"cuda kernel: state positions must lie in [0, {MAX_POSITION}]; "
+        if first < 0 or last > _validate.MAX_POSITION:
+            raise ValueError(f"cuda kernel: state positions must lie in "
+                             f"[0, {_validate.MAX_POSITION}]; "
                              f"got values from {first} to {last}")
     if p.window is None and B and (int(pos[0]) + int(lens[0]) if B == 1
                                    else int((pos + lens).max())) > state.capacity:
@@ -2047,7 +2042,7 @@ def _launch_again(p, w, state, slot):
     last = _latest_position(pos)
     if p.window is None and last + 1 > state.capacity:
         return False
-    if (last if B == 1 else int(pos.min())) < 0 or last > MAX_POSITION:
+    if B and ((last if B == 1 else int(pos.min())) < 0 or last > _validate.MAX_POSITION):
         return False               # _launch says what is wrong
     if plan["sequences_per_block"] == 1:   # the packed kernel never splits
         n_last = _attended_at_last_step(p, last, 1)

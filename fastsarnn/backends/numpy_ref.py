@@ -70,23 +70,12 @@ def _one_step(p, x_t, b, state, out_h, out_c, out_attn, r, compact=False):
             out_attn[b, r, attended] = alpha
 
 
-def _check_positions(state):
-    """A state's positions are step counts: a negative one (written by the user) is
-    refused before any sequence advances, so that the call changes nothing."""
-    pos = state.positions
-    if pos.size and pos.min() < 0:
-        b = int(np.argmin(pos))
-        raise ValueError(f"numpy reference: state.positions must be >= 0 (steps consumed); "
-                         f"got {int(pos[b])} in row {b}")
-
-
 def forward(p, x, lengths, state, out_h, out_c, out_attn, num_threads=None,
             compact_attention=False):
     """Whole sequences: sequence ``b`` runs its first ``lengths[b]`` steps.
 
     ``compact_attention``: ``out_attn`` is ``(B, T, window)`` and row r holds the weights of
     positions ``first .. p`` in columns ``0 .. p - first`` (SPEC section 2)."""
-    _check_positions(state)
     for b in range(x.shape[0]):
         for r in range(int(lengths[b])):
             _one_step(p, x[b, r], b, state, out_h, out_c, out_attn, r, compact_attention)
@@ -94,7 +83,6 @@ def forward(p, x, lengths, state, out_h, out_c, out_attn, num_threads=None,
 
 def step(p, x, active, state, out_h, out_c, num_threads=None):
     """One step for every active row."""
-    _check_positions(state)
     for b in range(x.shape[0]):
         if active[b]:
             _one_step(p, x[b], b, state, out_h[:, None], out_c[:, None], None, 0)
