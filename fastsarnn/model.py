@@ -555,7 +555,8 @@ class SelfAttentionRNN:
             Check the active rows of ``x_t`` for NaN and inf.
         out : tuple of two ndarray, optional
             ``(h_buf, c_buf)``, C-contiguous, writeable, of the output shape and the model
-            dtype: written and returned instead of new arrays (NumPy's ``out=``).
+            dtype, sharing memory with neither each other nor the state's buffers: written
+            and returned instead of new arrays (NumPy's ``out=``).
         num_threads : int, optional
             Threads (default: all cores).
 
@@ -636,8 +637,8 @@ class SelfAttentionRNN:
 
     def _check_step_out(self, out, shape, state):
         """``out=`` of :meth:`step`: two C-contiguous, writeable arrays of ``shape`` in the
-        model dtype, overlapping neither each other nor ``state.h`` and ``state.c`` (the step
-        reads those after it zeroes the outputs of inactive rows)."""
+        model dtype, overlapping neither each other nor any buffer of ``state`` (the step
+        reads and writes those after it zeroes the outputs of inactive rows)."""
         if type(out) is tuple and len(out) == 2:
             oh, oc = out
             if (type(oh) is np.ndarray and type(oc) is np.ndarray and oh.shape == shape
@@ -645,14 +646,16 @@ class SelfAttentionRNN:
                     and oc.dtype == self._dtype):
                 fh, fc = oh.flags, oc.flags
                 if fh.c_contiguous and fc.c_contiguous and fh.writeable and fc.writeable:
-                    # Memory of two different arrays that own theirs cannot overlap: the
+                    # Memory of different arrays that own theirs cannot overlap: the
                     # per-token case needs no overlap computation.
                     a, b = _memory_owner(oh), _memory_owner(oc)
-                    s, t = _memory_owner(state._h), _memory_owner(state._c)
-                    if (a is not None and b is not None and s is not None and t is not None
-                            and a is not b and a is not s and a is not t and b is not s
-                            and b is not t):
-                        return oh, oc
+                    owners = _state_memory_owners(state)
+                    if a is not None and b is not None and a is not b and owners is not None:
+                        for o in owners:
+                            if o is a or o is b:
+                                break
+                        else:
+                            return oh, oc
         # Not the common case: check everything, and say what is wrong.
         if not isinstance(out, tuple) or len(out) != 2:
             raise TypeError(f"out must be a tuple (h_buf, c_buf) of two arrays; got "
@@ -671,11 +674,12 @@ class SelfAttentionRNN:
         oh, oc = out
         if np.shares_memory(oh, oc):
             raise ValueError("out[0] and out[1] must not overlap")
-        sh, sc = state._h, state._c
-        if (np.may_share_memory(oh, sh) or np.may_share_memory(oh, sc)
-                or np.may_share_memory(oc, sh) or np.may_share_memory(oc, sc)):
-            raise ValueError("out buffers must not share memory with state.h or state.c "
-                             "(the step reads them); pass arrays of their own")
+        for buf in (state._h, state._c, state._hist, state._keys, state._positions):
+            if buf is not None and (np.may_share_memory(oh, buf)
+                                    or np.may_share_memory(oc, buf)):
+                raise ValueError("out buffers must not share memory with state.h, state.c, "
+                                 "state.hist, state.keys or state.positions (the step reads "
+                                 "and writes them); pass arrays of their own")
         return oh, oc
 
     def _prepared_step(self, be, state):
@@ -707,6 +711,24 @@ def _memory_owner(a):
     where that is not a plain ndarray owning its data (a buffer of another kind)."""
     r = a if a.base is None else a.base
     return r if type(r) is np.ndarray and r.flags.owndata else None
+
+
+def _state_memory_owners(state):
+    """The arrays that own the memory of ``state``'s buffers (h, c, hist, keys, positions),
+    or None where one is not a plain ndarray owning its data; found once per set of
+    buffers (an array's owner never changes) and kept in the state's cache."""
+    bufs = (state._h, state._c, state._hist, state._keys, state._positions)
+    got = state._cache.get("memory_owners")
+    if got is not None:
+        old = got[0]
+        if (old[0] is bufs[0] and old[1] is bufs[1] and old[2] is bufs[2]
+                and old[3] is bufs[3] and old[4] is bufs[4]):
+            return got[1]
+    owners = tuple(_memory_owner(a) for a in bufs if a is not None)
+    if any(o is None for o in owners):
+        owners = None
+    state._cache["memory_owners"] = (bufs, owners)
+    return owners
 
 
 def _step_2d(step, kernel, x, act, state, out_h, out_c, num_threads):

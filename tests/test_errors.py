@@ -537,18 +537,28 @@ def test_replacing_a_state_buffer_is_checked(backend, name):
 
 
 def test_step_out_may_not_alias_the_state(backend):
-    """out=(state.h, state.c) would let the step zero or overwrite what it reads."""
+    """out= buffers sharing memory with a buffer of the state are refused: h and c (the
+    step reads them after zeroing inactive rows' outputs), the history and the keys (it
+    writes them, and reads them in the attention)."""
     import fastsarnn as fs
-    model = fs.SelfAttentionRNN.random(3, 4, seed=0)
+    model = fs.SelfAttentionRNN.random(3, 4, score="kq", attention_size=4, seed=0)
     st = model.init_state(2)
     model.step(np.ones((2, 3)), st, backend=backend)
-    before = (st.h.copy(), st.c.copy(), st.positions.copy())
     own = np.zeros((2, 4), np.float32)
-    for out in ((st.h, own), (own, st.c), (st.c, own.copy()), (own, st.h[0:2])):
+    cases = [(st.h, own), (own, st.c), (st.c, own.copy()), (own, st.h[0:2]),
+             (st.hist[0, :2], own), (own, st.keys[1, 2:4])]
+    before = snapshot(st)
+    for out in cases:
         with pytest.raises(ValueError, match="must not share memory with state"):
             model.step(np.ones((2, 3)), st, out=out, active=np.array([True, False]),
                        backend=backend)
-    assert all(np.array_equal(a, b) for a, b in zip(before, (st.h, st.c, st.positions)))
+    assert_same(st, before)
+    # the check follows a state buffer the user replaced since the last call
+    out = (np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32))
+    model.step(np.ones((2, 3)), st, out=out, backend=backend)
+    st.h = out[1]
+    with pytest.raises(ValueError, match="must not share memory with state"):
+        model.step(np.ones((2, 3)), st, out=out, backend=backend)
 
 
 def test_step_out_may_be_views_of_an_array_the_state_uses_where_they_do_not_overlap(backend):
