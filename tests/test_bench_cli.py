@@ -342,3 +342,168 @@ def test_another_broken_pipe_is_still_an_error(monkeypatch, capsys):
     monkeypatch.setattr(cli, "info", broken)
     assert cli.main(["info"]) == 1
     assert "error: [Errno 32] Broken pipe (a worker's)" in capsys.readouterr().err
+
+
+# -- SPEC section 6: configurations, problem, FLOPs; the suite's checks and figures ----------
+
+def test_configurations_are_the_contracts():
+    want = {"S": (1, 1024, 64, 128, None), "M": (32, 512, 64, 256, None),
+            "L": (1, 16384, 64, 128, 256), "step": (1, 1024, 64, 128, None),
+            "XL": (1024, 512, 64, 256, None)}
+    assert {n: (c.B, c.T, c.D, c.H, c.window) for n, c in suite.CONFIGS.items()} == want
+    for name, cfg in suite.CONFIGS.items():
+        assert (cfg.dtype, cfg.score, cfg.recurrence) == ("float32", "dot", "c"), name
+        assert cfg.step == (name == "step") and cfg.gpu_scale == (name == "XL"), name
+    assert [c.name for c in suite.default_configs(["c", "numpy"])] == ["S", "M", "L", "step"]
+
+
+@pytest.mark.parametrize("name", ["S", "M", "L", "step"])
+def test_problem_is_the_contracts(name):
+    """random(D, H, seed=0) and default_rng(1).standard_normal((B, T, D)) in float32."""
+    cfg = suite.CONFIGS[name]
+    model, x = suite.make_problem(cfg)
+    want = fs.SelfAttentionRNN.random(cfg.D, cfg.H, window=cfg.window, seed=0)
+    assert (model.score, model.recurrence, model.window, model.dtype) == (
+        "dot", "c", cfg.window, np.float32)
+    for k, v in want.params.items():
+        assert np.array_equal(model.params[k], v), k
+    assert x.dtype == np.float32 and np.array_equal(
+        x, np.random.default_rng(1).standard_normal((cfg.B, cfg.T, cfg.D)).astype(np.float32))
+
+
+def _flops_by_the_contract(B, T, D, H, window, score, recurrence, Ha):
+    """SPEC section 6, counted step by step: per valid step the update (and W_h h), then
+    4H per attended position, plus the score's own terms."""
+    total = 0
+    for _ in range(B):
+        for t in range(1, T + 1):
+            attended = t if window is None else len(range(max(1, t - window + 1), t + 1))
+            total += 2 * H * (D + H) + 4 * H * attended
+            total += 2 * H * H if recurrence == "hc" else 0
+            total += 2 * H * H if score == "general" else 0
+            total += 4 * Ha * H if score in ("kq", "additive") else 0
+            total += 3 * Ha * attended if score == "additive" else 0
+    return total
+
+
+@pytest.mark.parametrize("Ha", [None, 3])
+@pytest.mark.parametrize("window", [None, 2])
+@pytest.mark.parametrize("recurrence", ["c", "hc"])
+@pytest.mark.parametrize("score", ["dot", "scaled_dot", "general", "kq", "additive"])
+def test_useful_flops_follow_the_contract(score, recurrence, window, Ha):
+    cfg = bench.Config("x", 2, 5, 4, 6, window=window, score=score, recurrence=recurrence)
+    keyed = score in ("kq", "additive")
+    want = _flops_by_the_contract(2, 5, 4, 6, window, score, recurrence,
+                                  (Ha or 6) if keyed else 0)
+    assert suite.useful_flops(cfg, Ha if keyed else None) == want
+
+
+def test_a_wrong_result_fails_the_parity_check_before_anything_counts(monkeypatch, capsys):
+    """A runner whose c is off by 1e-3 in one element is flagged (error and tolerance in the
+    record, PARITY FAILURE and exit status 1), not reported as a result."""
+    real_runner = suite.runner
+
+    def off_by_a_bit(cfg, model, x, who):
+        run = real_runner(cfg, model, x, who)
+        if who != "numba":
+            return run
+
+        def wrong():
+            h, c = run()
+            c = np.array(c)
+            c[0, -1, 0] += 1e-3
+            return h, c
+        return wrong
+
+    monkeypatch.setattr(suite, "runner", off_by_a_bit)
+    recs = suite.run_config(bench.QUICK["S"], ["numba", "numpy"], 1)
+    by = {r["backend"]: r for r in recs}
+    assert not by["numba"]["within_tolerance"] and by["numpy"]["within_tolerance"]
+    assert abs(by["numba"]["max_abs_err"] - 1e-3) < 1e-4
+    row = [ln for ln in suite.format_table(recs).splitlines() if ln.startswith("  numba")]
+    assert len(row) == 1 and row[0].split()[-2:] == [f"{by['numba']['max_abs_err']:.1e}", "NO"]
+    import argparse
+    parser = argparse.ArgumentParser()
+    suite.add_arguments(parser)
+    args = parser.parse_args(["--quick", "--config", "S", "--backends", "numba,numpy",
+                              "--repeat", "1", "--no-progress"])
+    assert suite.run_cli(args, parser) == 1
+    assert "PARITY FAILURE" in capsys.readouterr().out
+
+
+def test_record_figures_are_computed_from_the_timed_runs():
+    cfg = bench.QUICK["M"]
+    recs = suite.run_config(cfg, ["numba", "numpy"], 3)
+    by = {r["backend"]: r for r in recs}
+    model, x = suite.make_problem(cfg)
+    ref = model.astype("float64").forward(x.astype(np.float64), backend="numpy")
+    flops = suite.useful_flops(cfg, model.attention_size)
+    for who, r in by.items():
+        assert r["min_s"] == min(r["times_s"]) and len(r["times_s"]) == 3
+        assert r["median_s"] == sorted(r["times_s"])[1]
+        assert r["gflops"] == pytest.approx(flops / r["min_s"] / 1e9)
+        assert r["speedup_vs_numpy"] == pytest.approx(by["numpy"]["min_s"] / r["min_s"])
+        out = model.forward(x, backend=who)
+        err = max(np.abs(out.h - ref.h).max(), np.abs(out.c - ref.c).max())
+        assert r["max_abs_err"] == pytest.approx(float(err), rel=1e-6, abs=1e-12)
+        assert r["max_abs_err"] > 0          # float32 against the float64 reference
+
+
+def test_the_step_configuration_calls_step_once_per_token_and_forward_uses_all_cores(
+        monkeypatch):
+    calls = {"step": 0, "forward_threads": []}
+    real_step, real_forward = fs.SelfAttentionRNN.step, fs.SelfAttentionRNN.forward
+
+    def step(self, *a, **k):
+        calls["step"] += 1
+        return real_step(self, *a, **k)
+
+    def forward(self, *a, **k):
+        calls["forward_threads"].append(k.get("num_threads"))
+        return real_forward(self, *a, **k)
+
+    monkeypatch.setattr(fs.SelfAttentionRNN, "step", step)
+    monkeypatch.setattr(fs.SelfAttentionRNN, "forward", forward)
+    step_cfg = bench.QUICK["step"]
+    model, x = suite.make_problem(step_cfg)
+    suite.runner(step_cfg, model, x, "numba")()
+    assert calls["step"] == step_cfg.T and calls["forward_threads"] == []
+    cfg = bench.QUICK["S"]
+    model, x = suite.make_problem(cfg)
+    suite.runner(cfg, model, x, "numba")()
+    assert calls["step"] == step_cfg.T and calls["forward_threads"] == [None]
+
+
+def test_every_available_backend_is_benchmarked_by_default():
+    names = suite.available_runners()
+    for name, bi in fs.backends().items():
+        assert (name in names) == bi.available, name
+    assert "numpy" in names
+
+
+def test_info_names_versions_cores_simd_and_why_a_backend_cannot_run(monkeypatch):
+    import io
+    import numba
+    import cffi
+    from fastsarnn import _registry, _sysinfo, cli
+    monkeypatch.delenv("FASTSARNN_BACKEND", raising=False)
+    monkeypatch.setitem(_registry._loaded, "cuda",
+                        _registry._UnavailableBackend("cuda", "no GPU in this test"))
+    out = io.StringIO()
+    assert cli.info(out) == 0
+    text = out.getvalue()
+    for dist, version in (("fastsarnn", fs.__version__), ("numpy", np.__version__),
+                          ("numba", numba.__version__), ("cffi", cffi.__version__)):
+        assert f"{dist}" in text and version in text, dist
+    cpu = _sysinfo.cpu_info()
+    assert f"cores     {cpu['cores']}" in text and cpu["cores"] == os.cpu_count()
+    simd_line = [ln for ln in text.splitlines() if ln.startswith("simd ")]
+    assert len(simd_line) == 1
+    if not os.path.exists("/proc/cpuinfo"):        # the flags below are Linux's names
+        return
+    with open("/proc/cpuinfo") as f:
+        flags = f.read().split()
+    for flag in ("sse4_2", "avx2", "avx512f"):
+        assert (flag in cpu["simd"]) == (flag in flags), flag
+        assert (flag in simd_line[0].split()) == (flag in flags), flag
+    assert "cuda   unavailable: no GPU in this test" in text
