@@ -507,3 +507,26 @@ def test_info_names_versions_cores_simd_and_why_a_backend_cannot_run(monkeypatch
         assert (flag in cpu["simd"]) == (flag in flags), flag
         assert (flag in simd_line[0].split()) == (flag in flags), flag
     assert "cuda   unavailable: no GPU in this test" in text
+
+
+def test_progress_is_shown_on_stderr_unless_turned_off(tmp_path):
+    args = ["--quick", "--config", "S", "--backends", "numpy", "--repeat", "2"]
+    shown = run_cli(args, tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "fastsarnn bench" in shown.stderr and "2/2 runs" in shown.stderr, shown.stderr
+    quiet = run_cli(args + ["--no-progress"], tmp_path)
+    assert quiet.returncode == 0 and "runs" not in quiet.stderr, quiet.stderr
+
+
+def test_each_torch_peer_name_makes_its_loop(monkeypatch):
+    """torch: the eager loop on the CPU; torch-cuda: on the GPU; torch-cuda-graph: the same
+    loop captured as a CUDA graph (SPEC section 6)."""
+    from fastsarnn.bench import peers
+    made = []
+    monkeypatch.setattr(peers, "TorchLoop", lambda model, device: made.append(
+        ("eager", device)))
+    monkeypatch.setattr(peers, "TorchGraphLoop", lambda model, device: made.append(
+        ("graph", device)))
+    for name in ("torch", "torch-cuda", "torch-cuda-graph"):
+        peers.make_peer(name, None)
+    assert made == [("eager", "cpu"), ("eager", "cuda"), ("graph", "cuda")]
