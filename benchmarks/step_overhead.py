@@ -6,8 +6,8 @@ of the bench's input first, and its position is reset before each call, so every
 the same work (the update and an attention over position + 1 positions; h and c carry
 over from the call before, which changes values, not work). Timed, per call:
 the backend's prepared kernel call alone, then ``model.step`` without ``out=``, with
-``out=`` buffers, with ``out=`` and ``check_finite=False``, and without ``backend=`` (the
-backend chosen from the settings). The difference to the kernel call is the Python of the
+``out=`` buffers, with ``out=`` and ``check_finite=False``, and with ``out=`` but without
+``backend=`` (the backend chosen from the settings). The difference to the kernel call is the Python of the
 model layer. Before timing, each variant's output is checked against the float64 NumPy
 reference. Best of ``--repeats`` loops of ``--calls`` calls, in microseconds; pin it to a
 core for steady figures (``taskset -c 0``).
@@ -55,7 +55,7 @@ def main(argv=None):
         "model.step, out=": lambda: model.step(x_t, st, backend=name, out=out),
         "model.step, out=, check_finite=False":
             lambda: model.step(x_t, st, backend=name, out=out, check_finite=False),
-        "model.step, no backend= (settings)": lambda: model.step(x_t, st, out=out),
+        "model.step, out=, no backend= (settings)": lambda: model.step(x_t, st, out=out),
     }
     ref = model.astype("float64").forward(x[0, :P + 1].astype(np.float64), backend="numpy")
     tol = _config.TOLERANCE[model.dtype.name]
