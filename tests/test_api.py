@@ -23,16 +23,9 @@ def test_backends_lists_every_backend_with_a_reason_when_unavailable():
     assert issubclass(fs.BackendUnavailableError, RuntimeError)
 
 
-def _pretend_cuda_runs(monkeypatch):
-    """Selection tests name "cuda"; choosing a backend that cannot run raises at once, so
-    stand the reference in for it (selection only, nothing is computed)."""
-    from fastsarnn import _registry
-    monkeypatch.setitem(_registry._loaded, "cuda", _registry._load("numpy"))
-
-
 def test_selection_precedence(monkeypatch):
     monkeypatch.delenv("FASTSARNN_BACKEND", raising=False)
-    _pretend_cuda_runs(monkeypatch)
+    _spy_backends(monkeypatch, ["cuda"])
     fs.set_backend(None)
     auto = fs.get_backend()
     assert auto in ("c", "numba", "numpy") and auto != "cuda"
@@ -123,7 +116,7 @@ def test_use_backend_is_context_local(monkeypatch):
     """Two asyncio tasks on one thread each see their own use_backend choice."""
     import asyncio
     monkeypatch.delenv("FASTSARNN_BACKEND", raising=False)
-    _pretend_cuda_runs(monkeypatch)
+    _spy_backends(monkeypatch, ["cuda"])
 
     async def task(name, entered, go):
         with fs.use_backend(name):
@@ -147,7 +140,7 @@ def test_use_backend_is_context_local(monkeypatch):
 
 def test_use_backend_is_thread_local(monkeypatch):
     monkeypatch.delenv("FASTSARNN_BACKEND", raising=False)
-    _pretend_cuda_runs(monkeypatch)
+    _spy_backends(monkeypatch, ["cuda"])
     seen = {}
     inside = threading.Event()
     release = threading.Event()
