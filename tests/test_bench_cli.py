@@ -114,11 +114,16 @@ def test_noisy_runs_are_flagged(monkeypatch):
 
 
 def test_percent_of_sgemm_never_exceeds_100():
+    """Capped at 100 for a CPU runner (a disturbed baseline); a GPU runner's rate, above
+    the host's SGEMM as it should be, has no percentage and flags nothing (on an H200,
+    cuda-device on XL ran at 2.7 TFLOP/s against the host's 1.0)."""
     recs = [{"config": "S", "backend": "c", "gflops": 50.0},
-            {"config": "S", "backend": "numba", "gflops": 5.0}]
+            {"config": "S", "backend": "numba", "gflops": 5.0},
+            {"config": "S", "backend": "cuda-device", "gflops": 500.0}]
     suite.set_sgemm(recs, 20.0)
     assert recs[0]["pct_sgemm"] == 100.0 and recs[0]["pct_sgemm_capped"]
     assert recs[1]["pct_sgemm"] == 25.0 and not recs[1]["pct_sgemm_capped"]
+    assert recs[2]["pct_sgemm"] is None and not recs[2]["pct_sgemm_capped"]
     for r in recs:
         r.update(step=False, B=1, T=2, D=3, H=4, window=None, score="dot", dtype="float32",
                  repeat=3, median_s=1.0, min_s=1.0, spread=1.0, noisy=False,
@@ -127,8 +132,13 @@ def test_percent_of_sgemm_never_exceeds_100():
     table = suite.format_table(recs)
     assert ">100" in table and "capped at 100" in table
     rows = {ln.split()[0]: ln.split() for ln in table.splitlines() if ln.startswith("  c ")
-            or ln.startswith("  numba ")}
+            or ln.startswith("  numba ") or ln.startswith("  cuda-device ")}
     assert rows["c"][7] == ">100" and rows["numba"][7] == "25.0"
+    assert rows["cuda-device"][7] == "-" and "capped at 100 for c:" in table
+    # only GPU runners above the SGEMM rate: nothing capped, nothing flagged
+    gpu_only = [r for r in recs if r["backend"] == "cuda-device"]
+    suite.set_sgemm(gpu_only, 20.0)
+    assert "capped" not in suite.format_table(gpu_only)
 
 
 def test_sgemm_baseline_is_the_best_of_several_warm_runs():

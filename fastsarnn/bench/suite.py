@@ -431,10 +431,15 @@ def run_config(cfg: Config, names, repeat: int, sgemm: float | None = None, prog
 
 
 def set_sgemm(records, sgemm: float) -> None:
-    """Fill ``pct_sgemm``: percent of the SGEMM rate, capped at 100 (``pct_sgemm_capped``
-    then says the baseline was measured below what a kernel reached: a disturbed run)."""
+    """Fill ``pct_sgemm``: percent of this host's NumPy SGEMM rate, capped at 100
+    (``pct_sgemm_capped`` then says the baseline was measured below what a CPU kernel
+    reached: a disturbed run). None for the GPU runners (:data:`GPU_RUNNERS`): the CPU's
+    matrix-product rate is no ceiling for a GPU, and their GFLOP/s stand alone."""
     for r in records:
         if "skipped" in r:
+            continue
+        if r["backend"] in GPU_RUNNERS:
+            r["pct_sgemm"], r["pct_sgemm_capped"] = None, False
             continue
         raw = 100.0 * r["gflops"] / sgemm
         r["pct_sgemm"] = min(raw, 100.0)
