@@ -7,11 +7,15 @@ or strings, as the setting takes them). For the benchmark configurations S, step
 sequence), M (32 sequences: "auto" splits them into 2 parts on an H100/H200) and, when
 named, XL (1024 sequences), runs each value, checks every result against the float64
 NumPy reference (the contract's tolerance; L, 16384 steps, and XL, whose reference takes
-a minute, are compared among the values only) and against the first value's, then times each (best of ``--repeat`` warm runs; compilation and warm-up
-excluded) and prints one line per configuration, with the split the last launch used.
+a minute, are compared among the values only) and against the first value's, then times
+each (best of ``--repeat`` warm runs; compilation and warm-up excluded; the values timed
+in turn, round after round, each round starting one value later, so that none gains by
+its place) and prints one line per configuration, with the split the last value's launch
+used.
 Needs a GPU for the split (the simulator never splits on "auto"). Usage:
 ``python benchmarks/cuda_config_compare.py [--setting NAME=V1,V2] [--repeat 3]
-[--config S ...] [--quick] [--block N]``.
+[--config S ...] [--quick] [--block N] [--device-arrays]`` (``--device-arrays``: forward
+on device arrays, the kernels' own time without the bus; step still takes NumPy x_t).
 
 Settings that only make sense together go in one ``--setting``, joined by ``+``, with as
 many values each; the i-th values form the i-th variant. For example
@@ -73,6 +77,10 @@ def main(argv=None):
     ap.add_argument("--config", action="append", choices=("S", "step", "L", "M", "XL"))
     ap.add_argument("--quick", action="store_true",
                     help="the small configurations of `fastsarnn bench --quick`")
+    ap.add_argument("--device-arrays", action="store_true",
+                    help="time forward on device arrays (the bench's cuda-device: input "
+                    "uploaded once, outputs left on the GPU), the kernels without the bus; "
+                    "step still takes NumPy x_t")
     ap.add_argument("--block", type=int, help="threads per block (default: "
                     "_config.CUDA_BLOCK_SIZE; e.g. 4 to try the script on the simulator)")
     args = ap.parse_args(argv)
@@ -100,9 +108,16 @@ def main(argv=None):
         for n, v in zip(names, variant):
             setattr(_config, n, v)
 
-    print(f"# {be.describe()}; fastsarnn from {os.path.dirname(fs.__file__)}; {setting} in "
+    print(f"# {be.describe()}; fastsarnn from {os.path.dirname(fs.__file__)}; "
+          f"{'device' if args.device_arrays else 'NumPy'} arrays in and out; {setting} in "
           f"{[_label(v) for v in values]} (default {_label(default)}); "
           f"CUDA_SPLIT_MIN_POSITIONS={_config.CUDA_SPLIT_MIN_POSITIONS}")
+
+    def who(cfg):
+        """The bench's runner: cuda on NumPy arrays, or on device arrays where asked for
+        (forward only)."""
+        return "cuda-device" if args.device_arrays and not cfg.step else "cuda"
+
     failures = 0
     for name in args.config or ["S", "step", "M", "L"]:
         cfg = (suite.QUICK if args.quick else suite.CONFIGS)[name]
@@ -110,18 +125,14 @@ def main(argv=None):
         # the contract's check: float64 math (L, 16384 steps, is compared among the values)
         ref = (model.astype("float64").forward(x.astype(np.float64), backend="numpy").h
                if name not in ("L", "XL") else None)
-        results, times = {}, {}
-        for value in values:
+        results, plans, runs = {}, {}, {}
+        for value in values:      # each value: compiled, warmed up, its result kept
             apply(value)
             try:
-                run = suite.runner(cfg, model, x, "cuda")
-                results[value] = run()[0]             # compiles, warms up
-                plan = be.last_launch()
-                best = float("inf")
-                for _ in range(args.repeat):
-                    t0 = time.perf_counter()
-                    run()
-                    best = min(best, time.perf_counter() - t0)
+                run = suite.runner(cfg, model, x, who(cfg))
+                results[value] = np.asarray(run()[0])     # device arrays: copied back
+                plans[value] = be.last_launch()
+                runs[value] = run
             except Exception as exc:
                 failures += 1
                 results.pop(value, None)
@@ -129,6 +140,7 @@ def main(argv=None):
                 continue
             finally:
                 apply(default)
+            plan = plans[value]
             forced = dict(zip(names, value)).get(SPLIT, "auto")
             if forced != "auto" and plan["parts"] != forced:
                 failures += 1
@@ -138,7 +150,29 @@ def main(argv=None):
                 failures += 1
                 print(f"FAIL {name}: {packed} sequences per block asked for, the launch ran "
                       f"{plan['sequences_per_block']}")
-            times[value] = best
+        # timed in rounds: each value once per round, a round starting one value later than
+        # the one before, so that no value gains or loses by its place in the comparison
+        # (clocks, caches and the host's memory drift while it runs); each value's best
+        order = list(runs)
+        times = dict.fromkeys(order, float("inf"))
+        for i in range(args.repeat):
+            k = i % len(order) if order else 0
+            for value in order[k:] + order[:k]:
+                if value not in runs:       # failed in an earlier round
+                    continue
+                apply(value)
+                try:
+                    t0 = time.perf_counter()
+                    runs[value]()
+                    times[value] = min(times[value], time.perf_counter() - t0)
+                except Exception as exc:
+                    failures += 1
+                    results.pop(value, None)
+                    del runs[value]
+                    print(f"FAIL {name}: {setting}={_label(value)}: {type(exc).__name__}: "
+                          f"{exc}")
+                finally:
+                    apply(default)
         if len(results) < len(values):
             continue
         first = results[values[0]]
@@ -150,6 +184,7 @@ def main(argv=None):
         ok = err <= 2 * tol and (ref is None or err_ref <= tol)
         failures += not ok
         cells = " ".join(f"{_label(v)}: {times[v] * 1e3:.2f}" for v in values)
+        plan = plans[values[-1]]
         print(f"{'ok  ' if ok else 'FAIL'} {name} (ms by {setting}) {cells} | the last ran "
               f"{plan['parts']} parts on {plan['blocks_per_sequence']} blocks, "
               f"{plan['sequences_per_block']} sequences per block | max |value - "

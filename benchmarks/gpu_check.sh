@@ -17,7 +17,8 @@
 #   settings  each setting named in FASTSARNN_GPU_SETTINGS (space- or newline-separated
 #             NAME=V1,V2,..., for example "CUDA_MATVEC_WORDS=8,16,32 CUDA_ROWS_PER_WARP=4,8";
 #             none by default) compared on S and M, or on the configurations named after
-#             an @ (CUDA_MIN_BLOCKS_PER_SM=1,2@XL), by benchmarks/cuda_config_compare.py;
+#             an @ (CUDA_MIN_BLOCKS_PER_SM=1,2@XL), by benchmarks/cuda_config_compare.py
+#             on device arrays (the kernels' time without the bus; step on NumPy x_t);
 #   cold      benchmarks/cuda_cold_start.py: a fresh process's first forward (S) with
 #             Numba's on-disk kernel cache off, on and empty, on and filled;
 #   baseline  where .baseline/ holds another revision's source tree (`bash
@@ -262,7 +263,7 @@ part_settings() {
         for c in "${config_names[@]}"; do config_args+=(--config "$c"); done
         echo "=== $setting on ${config_names[*]}, limit ${LIMIT}s"
         timeout -k 10 "$LIMIT" "$PY" "$ROOT/benchmarks/cuda_config_compare.py" \
-            --setting "$setting" --repeat 3 "${config_args[@]}" 2>&1 \
+            --setting "$setting" --repeat 3 --device-arrays "${config_args[@]}" 2>&1 \
             | tee -a "$LOGS/settings.log"
         finished settings "${PIPESTATUS[0]}" "the comparison"
     done

@@ -89,7 +89,7 @@ def test_every_part_runs_by_default(tmp_path):
     proc, calls, _ = run_check(tmp_path, "", settings="CUDA_MATVEC_WORDS=8,16@XL")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     settings = [c for c in calls if "--setting CUDA_MATVEC_WORDS=8,16" in c]
-    assert settings and settings[0].endswith("--repeat 3 --config XL"), calls
+    assert settings and settings[0].endswith("--repeat 3 --device-arrays --config XL"), calls
     assert (parts_run([c for c in calls if c not in settings])
             == ["suites", "bench", "xl", "packed", "phases", "cold", "split", "profile"])
     assert calls.index(settings[0]) == 5          # after phases, before cold
@@ -139,8 +139,8 @@ def test_settings_report_their_failure_and_each_setting_is_timed_within_the_tota
     proc, calls, _ = run_check(tmp_path, "settings", settings=settings,
                                fail="CUDA_MATVEC_WORDS")
     assert [c.split("--setting ")[1] for c in calls] == [
-        "CUDA_MATVEC_WORDS=8,16 --repeat 3 --config S --config M",
-        "CUDA_ROWS_PER_WARP=4,8 --repeat 3 --config S"]
+        "CUDA_MATVEC_WORDS=8,16 --repeat 3 --device-arrays --config S --config M",
+        "CUDA_ROWS_PER_WARP=4,8 --repeat 3 --device-arrays --config S"]
     assert proc.returncode == 1 and "settings exit 1;" in proc.stdout, proc.stdout
     proc, calls, _ = run_check(tmp_path, "settings", settings=settings, total=5,
                                min_part=3, sleep=3)
