@@ -43,6 +43,45 @@ def _be():
     return be
 
 
+class _StandInContext:
+    """For numba-cuda's context of the calling thread: an object of its own identity (a
+    prepared launch is tied to one), with what ``_launch`` and ``_launch_again`` use of a
+    context: the device (the real one on a GPU; none on the simulator, which never asks)
+    and ``synchronize``."""
+
+    def __init__(self, be):
+        self.device = None if be.SIMULATOR else be._current_context().device
+
+    def synchronize(self):
+        cuda.synchronize()
+
+
+def _launches_prepared_by(monkeypatch, be, prepare, context=None):
+    """Launches prepared as on a GPU, by ``prepare`` (for _prepare, which needs one), in the
+    CUDA context ``context()`` (by default one stand-in context throughout)."""
+    one = _StandInContext(be)
+    monkeypatch.setattr(be, "_PREPARE_LAUNCHES", True)
+    monkeypatch.setattr(be, "_PREPARED_ERROR", None)
+    monkeypatch.setattr(be, "_prepare", prepare)
+    monkeypatch.setattr(be, "_current_context", context or (lambda: one))
+
+
+def _stand_in_prepare(be, made):
+    """For _prepare, which needs a GPU (cuda.core's launch): a launcher through numba-cuda
+    with the arguments it was made for, as a prepared launch would use them."""
+    def prepare(kern, grid, block, shared, args):
+        made.append(args)
+
+        def launcher():
+            launcher.used += 1
+            be._configured(kern, grid, block, shared)(*args)
+        launcher.used = 0
+        prepare.launchers.append(launcher)
+        return launcher
+    prepare.launchers = []
+    return prepare
+
+
 # -- device arrays ---------------------------------------------------------------------------
 def test_device_arrays_in_device_arrays_out():
     from numba import cuda
@@ -672,14 +711,17 @@ def test_packed_blocks_with_lengths_and_a_partial_last_block(monkeypatch, per_bl
                                                              inline):
     """Five sequences of lengths 7, 3, 0, 5, 1 (one that does not run, blocks whose
     sequences end at different steps, a last block with sequences past the batch),
-    forward with attention, three steps (the second and third repeat the first's launch,
-    _launch_again), a forward: outputs, state and history against the reference; with
+    forward with attention, three steps (the third repeats the second's launch,
+    _launch_again, once the second prepared it; launches prepared as on a GPU by a stand-in
+    on the simulator and on a GPU alike), a forward: outputs, state and history against
+    the reference; with
     H = 11 (or Ha = 11), more outputs of h_t (of the key and query) than a block of 4-lane
     warps has threads (a thread computes several), for both recurrences; and with the
     forwards' projection made inside the kernel, as a step's is (later steps' x_t read
     in the time loop)."""
     threads = _packed(monkeypatch, per_block, shared)
     be = _be()
+    _launches_prepared_by(monkeypatch, be, _stand_in_prepare(be, []))
     step_launches = []
     launch = be._launch
 
@@ -706,7 +748,7 @@ def test_packed_blocks_with_lengths_and_a_partial_last_block(monkeypatch, per_bl
                          b.attention, st.h, st.c, st.hist, st.positions)
         if backend == "cuda":
             _assert_packed_launch(per_block, threads, shared)
-            assert len(step_launches) == 1
+            assert len(step_launches) == 2
     for got, want in zip(outs["cuda"], outs["numpy"]):
         assert max_err(got, want) <= tol(model)
     assert outs["cuda"][-1].tolist() == [12, 8, 5, 10, 6]
@@ -1181,13 +1223,15 @@ def test_kernels_have_no_races(monkeypatch, case, threads, shuffles):
     assert (shuffled["calls"] > 0) == shuffles
 
 
-@pytest.mark.parametrize("score,recurrence,window,shared,shuffles,per_block", [
-    ("dot", "c", None, True, False, 2), ("scaled_dot", "hc", 3, True, True, 2),
-    ("kq", "hc", 3, False, False, 2), ("additive", "c", None, True, True, 2),
-    ("general", "hc", 4, False, True, 2), ("dot", "hc", None, True, False, 3),
-    ("kq", "c", 3, True, True, 3), ("dot", "c", None, True, True, 10)])
+@pytest.mark.parametrize("score,recurrence,window,shared,shuffles,per_block,H,Ha", [
+    ("dot", "c", None, True, False, 2, 6, 4), ("scaled_dot", "hc", 3, True, True, 2, 6, 4),
+    ("kq", "hc", 3, False, False, 2, 6, 4), ("additive", "c", None, True, True, 2, 6, 4),
+    ("general", "hc", 4, False, True, 2, 6, 4), ("dot", "hc", None, True, False, 3, 6, 4),
+    ("kq", "c", 3, True, True, 3, 6, 4), ("dot", "c", None, True, True, 10, 6, 4),
+    ("kq", "hc", 4, True, False, 2, 11, 3), ("kq", "hc", 4, True, True, 2, 11, 3),
+    ("general", "c", 4, True, False, 2, 11, None)])
 def test_packed_kernel_has_no_races(monkeypatch, score, recurrence, window, shared,
-                                    shuffles, per_block):
+                                    shuffles, per_block, H, Ha):
     """The packed kernel (two, three or ten sequences per block, warps of 4 lanes; with
     shuffles, the second warp's mask names lanes 4-7 of the hardware warp, and with ten,
     the ninth's lanes 0-3 of the second hardware warp; with more sequences per block than
@@ -1196,7 +1240,7 @@ def test_packed_kernel_has_no_races(monkeypatch, score, recurrence, window, shar
     step, dense and compact attention."""
     report, shuffled = _instrumented(monkeypatch, shuffles, 1)
     threads = _packed(monkeypatch, per_block, shared)
-    model = make_model(score=score, recurrence=recurrence, window=window, D=5, H=6, Ha=4)
+    model = make_model(score=score, recurrence=recurrence, window=window, D=5, H=H, Ha=Ha)
     try:
         _stream_matches_numpy(model)
     finally:
@@ -1276,31 +1320,6 @@ def test_launch_configurations_are_made_once_without_the_low_occupancy_warning(m
     assert be._configured(kern, 2, 4).config == (2, 4, 0, 0)    # configured again
 
 
-def _launches_prepared_by(monkeypatch, be, prepare, context=None):
-    """Launches prepared as on a GPU, by ``prepare`` (for _prepare, which needs one), in the
-    CUDA context ``context()`` (by default one context throughout)."""
-    monkeypatch.setattr(be, "_PREPARE_LAUNCHES", True)
-    monkeypatch.setattr(be, "_PREPARED_ERROR", None)
-    monkeypatch.setattr(be, "_prepare", prepare)
-    monkeypatch.setattr(be, "_current_context", context or (lambda: be))
-
-
-def _stand_in_prepare(be, made):
-    """For _prepare, which needs a GPU (cuda.core's launch): a launcher through numba-cuda
-    with the arguments it was made for, as a prepared launch would use them."""
-    def prepare(kern, grid, block, shared, args):
-        made.append(args)
-
-        def launcher():
-            launcher.used += 1
-            be._configured(kern, grid, block, shared)(*args)
-        launcher.used = 0
-        prepare.launchers.append(launcher)
-        return launcher
-    prepare.launchers = []
-    return prepare
-
-
 @pytest.mark.parametrize("capacity,prepared", [(16, 1), (4, 3)])
 def test_step_launches_are_prepared_once_per_set_of_buffers(monkeypatch, capacity, prepared):
     """On a GPU, a step stream's launches with unchanged arguments skip numba-cuda's argument
@@ -1328,7 +1347,7 @@ def test_a_prepared_step_launch_is_not_used_in_another_context(monkeypatch):
     be = _be()
     made = []
     prepare = _stand_in_prepare(be, made)
-    context = [object()]
+    context = [_StandInContext(be)]
     _launches_prepared_by(monkeypatch, be, prepare, context=lambda: context[0])
     model = make_model(score="dot", D=5, H=6)
     x = make_x(1, 8, 5)
@@ -1336,7 +1355,7 @@ def test_a_prepared_step_launch_is_not_used_in_another_context(monkeypatch):
     hs = []
     for t in range(8):
         if t == 4:
-            context[0] = object()
+            context[0] = _StandInContext(be)
         hs.append(model.step(x[:, t], st, backend="cuda")[0].copy())
     assert max_err(np.stack(hs, 1), reference(model, x).h) <= tol(model)
     assert len(made) == 2 and [f.used for f in prepare.launchers] == [2, 2]
@@ -1351,8 +1370,14 @@ def test_a_step_repeats_the_last_launch_only_while_nothing_it_was_made_from_chan
     a replaced ``state.h``, a failed call, a split of the positions over several blocks
     (its plan made at every token). In-place writes to the state, a CPU backend's
     step in between and inactive rows are honoured on the repeated launch. Every token is
-    compared with a twin state stepped by the NumPy reference under the same writes."""
+    compared with a twin state stepped by the NumPy reference under the same writes.
+
+    Launches are prepared as on a GPU (a stand-in for _prepare) on the simulator and on a
+    GPU alike: a launch is repeated once its arguments were prepared, at the second launch
+    with them, so the token after one with new arguments goes through _launch as well."""
     be = _be()
+    _launches_prepared_by(monkeypatch, be, _stand_in_prepare(be, []))
+    block = _config.CUDA_BLOCK_SIZE      # the tests' (FASTSARNN_TEST_CUDA_BLOCK)
     full = []
     launch = be._launch
 
@@ -1376,9 +1401,9 @@ def test_a_step_repeats_the_last_launch_only_while_nothing_it_was_made_from_chan
         if t == 5:
             monkeypatch.setattr(_config, "CUDA_ROWS_PER_WARP", 2)
         if t == 7:      # another launch in between, of 8 threads a block
-            monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", 8)
+            monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", 8 if block != 8 else 4)
             model.forward(x[:1, :2], backend="cuda")
-            monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", 4)
+            monkeypatch.setattr(_config, "CUDA_BLOCK_SIZE", block)
         if t == 8:      # replaced: the kernel must read and write the new arrays
             for s in (st, twin):
                 s.h = s.h * 0.5
@@ -1407,15 +1432,17 @@ def test_a_step_repeats_the_last_launch_only_while_nothing_it_was_made_from_chan
         for g, w_ in zip(got, want):
             assert max_err(g, w_) <= tol(model), t
         assert st.positions.tolist() == twin.positions.tolist()
-        assert be.last_launch() == {"parts": 2 if t in (13, 14) else 1, "threads": 4,
+        assert be.last_launch() == {"parts": 2 if t in (13, 14) else 1, "threads": block,
                                     "blocks_per_sequence": 1, "global_scratch": False,
                                     "sequences_per_block": 1}, t
     n = twin.t
     assert max_err(st.hist[:, :n], twin.hist[:, :n]) <= tol(model)
-    # 0: the first; 5: another setting; 6: the history grows (capacity 6 -> 12); 8: h
-    # replaced; 12: the failed call (the history grows to 24 in it) and the token after
-    # it; 13, 14: split in two parts, 15: one block again
-    assert full == [0, 5, 6, 8, 12, 12, 13, 14, 15]
+    # new arguments at 0: the first; 5: another setting; 6: the history grows (capacity
+    # 6 -> 12); 8: h replaced; 12: the failed call (the history grows to 24 in it) and the
+    # token after it; 13, 14: split in two parts (never repeated); 15: one block again.
+    # Each of 0, 6, 8, 12 and 15 is followed by the token that prepares its launch (1, 7,
+    # 9, 13: split anyway, 16); 5's arguments change again at 6.
+    assert full == [0, 1, 5, 6, 7, 8, 9, 12, 12, 13, 14, 15, 16]
 
 
 def test_once_preparing_failed_no_prepared_launch_is_repeated(monkeypatch):

@@ -1453,8 +1453,9 @@ def _run(kern, grid, block, shared, args, slot=None, ctx=None):
     the same device pointer; arguments that change at every call are never prepared. On
     the simulator, and for good once preparing failed (saying why once), every launch goes
     through numba-cuda. ``ctx``: the calling thread's current CUDA context, where the
-    caller has looked it up already. Returns the prepared launcher this launch went
-    through, or None.
+    caller has looked it up already. Returns the prepared launcher for this launch's
+    arguments (made by this launch, after it ran through numba-cuda, or by an earlier
+    one), or None.
     """
     global _PREPARED_ERROR
     if slot is None or not _PREPARE_LAUNCHES or _PREPARED_ERROR is not None:
@@ -1483,6 +1484,7 @@ def _run(kern, grid, block, shared, args, slot=None, ctx=None):
                       RuntimeWarning, stacklevel=3)
         return
     slot["prepared"] = (key, (kern, args, ctx), launcher, True)
+    return launcher
 
 
 # -- availability: a tiny kernel must compile and run in this process ----------------------
