@@ -171,13 +171,15 @@ pytest_part() {
     for f in "$@"; do files+=("$ROOT/tests/$f"); done
     FASTSARNN_TEST_BACKENDS=cuda FASTSARNN_REQUIRE_BACKENDS=cuda FASTSARNN_TEST_CUDA_BLOCK=$BLOCK \
         FASTSARNN_TEST_CUDA_SEQUENCES_PER_BLOCK=$per_block \
-        timeout -k 10 "$LIMIT" "$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" \
+        timeout -k 10 "$LIMIT" "$PY" -m pytest -v -p no:cacheprovider --rootdir "$ROOT" \
         "${PARALLEL[@]}" --durations=8 -c "$ROOT/pyproject.toml" "${files[@]}" \
         -k "not million and not valgrind and not long_sequence and not installed_one" \
         > "$LOGS/$log" 2>&1
     local rc=$?
-    grep -E "^(FAILED|ERROR)|passed|failed|error|^[0-9.]+s (call|setup)" "$LOGS/$log" \
-        | tail -n 40
+    # -v names each test as it ends (with xdist: "[gw3] [ 29%] FAILED tests/..."), so a run
+    # stopped at its limit, before pytest's summary, still names its failures
+    grep -E " (FAILED|ERROR) |^(FAILED|ERROR) |^=+ .*(passed|failed|error)|^[0-9.]+s (call|setup)" \
+        "$LOGS/$log" | tail -n 60
     stopped "$rc" && { tail -c 600 "$LOGS/$log"; echo; }   # its progress
     finished "$part" "$rc" "the suites"
 }

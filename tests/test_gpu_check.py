@@ -34,6 +34,7 @@ case "$*" in
     *"pip install"*) [ "$PWD" = "${STUB_FAIL_PIP_IN:-}" ] && exit 1; exit 0 ;;
     *"fastsarnn info"*) exit 0 ;;
 esac
+[ -n "${STUB_PRINT:-}" ] && printf '%b\n' "$STUB_PRINT"
 sleep "${STUB_SLEEP:-0}"
 if [ -n "${STUB_FAIL:-}" ] && [[ "$*" == *"$STUB_FAIL"* ]]; then exit "${STUB_RC:-1}"; fi
 exit 0
@@ -48,7 +49,7 @@ MARK = {"suites": "[per block 1]", "packed": "[per block 8]",
 
 
 def run_check(tmp_path, parts, total=600, min_part=1, sleep=0, fail=None, rc=1, settings="",
-              baseline=None, cwd=None, fail_pip_in=None, **limits):
+              baseline=None, cwd=None, fail_pip_in=None, prints="", **limits):
     stub = tmp_path / "python"
     stub.write_text(STUB)
     stub.chmod(0o755)
@@ -58,7 +59,7 @@ def run_check(tmp_path, parts, total=600, min_part=1, sleep=0, fail=None, rc=1, 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASTSARNN_GPU_")}
     env.update(PYTHON=str(stub), OUT=str(tmp_path / "out"), STUB_LOG=str(log),
                STUB_SLEEP=str(sleep), STUB_FAIL=fail or "", STUB_RC=str(rc),
-               STUB_FAIL_PIP_IN=str(fail_pip_in or ""),
+               STUB_FAIL_PIP_IN=str(fail_pip_in or ""), STUB_PRINT=prints,
                FASTSARNN_GPU_PARTS=parts, FASTSARNN_GPU_TOTAL_S=str(total),
                FASTSARNN_GPU_MIN_PART_S=str(min_part), FASTSARNN_GPU_SETTINGS=settings,
                FASTSARNN_GPU_BASELINE_DIR=str(baseline or tmp_path / "no-baseline"))
@@ -124,6 +125,24 @@ def test_a_part_gets_no_more_than_what_is_left_of_the_total(tmp_path):
     last = proc.stdout.strip().splitlines()[-1]
     assert "suites exit 124;" in last and "skipped for time: bench" in last, last
     assert proc.returncode == 1
+
+
+def test_a_suite_stopped_at_its_limit_still_names_its_failures(tmp_path):
+    """pytest -v names each test as it ends: a suite stopped before its summary (as the
+    first H200 call of 2026-11-28 was) still prints the failures so far, and no passed
+    test whose name says "failed"."""
+    prints = ("[gw3] [ 29%] FAILED tests/test_cuda.py::test_packed[2]\n"
+              "[gw1] [ 30%] PASSED tests/test_api.py::test_a_failed_build_warns\n"
+              "tests/test_errors.py::test_x ERROR [ 31%]")
+    proc, calls, _ = run_check(tmp_path, "suites", total=4, min_part=2, sleep=60,
+                               prints=prints)
+    assert " -v " in calls[0] and " -q " not in calls[0], calls
+    assert "(stopped: the suites ran past" in proc.stdout
+    # the part's heading, the lines picked from its log, then the log's end (its progress)
+    lines = proc.stdout.split("=== CUDA suites", 1)[1].splitlines()[1:]
+    assert lines[:3] == ["[gw3] [ 29%] FAILED tests/test_cuda.py::test_packed[2]",
+                         "tests/test_errors.py::test_x ERROR [ 31%]",
+                         "[gw3] [ 29%] FAILED tests/test_cuda.py::test_packed[2]"], lines
 
 
 def test_a_failed_part_fails_the_check_and_the_others_still_run(tmp_path):
