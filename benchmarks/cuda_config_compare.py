@@ -150,9 +150,13 @@ def main(argv=None):
                 failures += 1
                 print(f"FAIL {name}: {packed} sequences per block asked for, the launch ran "
                       f"{plan['sequences_per_block']}")
+        if len(runs) < len(values):     # a value failed: this configuration has no line
+            continue
         # timed in rounds: each value once per round, a round starting one value later than
         # the one before, so that no value gains or loses by its place in the comparison
-        # (clocks, caches and the host's memory drift while it runs); each value's best
+        # (clocks, caches and the host's memory drift while it runs; over a number of
+        # rounds that is a multiple of the values', each takes each place equally often);
+        # each value's best
         order = list(runs)
         times = dict.fromkeys(order, float("inf"))
         for i in range(args.repeat):

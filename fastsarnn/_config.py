@@ -86,10 +86,11 @@ CUDA_MIN_BLOCKS_PER_SM = 1
 #: (up to CUDA_ROW_CACHE_WORDS) and of the rows' slots. Only the kernel of the scores
 #: without keys (dot, scaled_dot, general) built for one block per SM does: the keyed one
 #: would spill at H = 256 (sm_90), and under CUDA_MIN_BLOCKS_PER_SM > 1 registers are
-#: short and the other blocks hide the latency. Off: on an H200 (docs/BENCHMARKS.md,
-#: 2026-11-28) M ran 25.3 and 27.1 ms with it against 19.7 and 18.5 ms without it (two
-#: runs, NumPy in and out), and S 14.00 against 14.01 ms. True or False; compile-time
-#: constant of the kernel, read at launch.
+#: short and the other blocks hide the latency. Off, provisionally: on an H200
+#: (docs/BENCHMARKS.md, 2026-11-28; NumPy in and out, the prefetching value timed first)
+#: M ran 25.3 and 27.1 ms with it against 19.7 and 18.5 ms without it, and S 14.00
+#: against 14.01 ms (with CUDA_SPLIT_PRODUCTS on, M the other way round: 21.0 against
+#: 28.5 ms). True or False; compile-time constant of the kernel, read at launch.
 CUDA_PREFETCH_ROWS = False
 #: CUDA, few sequences with long histories: split each step's attended positions into this
 #: many parts, one block each, all blocks of a sequence in one cooperative launch (a grid

@@ -1361,9 +1361,10 @@ def test_a_prepared_step_launch_is_not_used_in_another_context(monkeypatch):
     assert len(made) == 2 and [f.used for f in prepare.launchers] == [2, 2]
 
 
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "unprepared"])
 @pytest.mark.parametrize("score", ["dot", "kq"])     # without keys, with keys
 def test_a_step_repeats_the_last_launch_only_while_nothing_it_was_made_from_changed(
-        monkeypatch, score):
+        monkeypatch, score, prepared):
     """A step token whose launch would be made from the same objects as the previous
     token's repeats that launch (_launch_again) without going through _launch; anything
     that changes them sends the token through _launch: another setting, a grown history,
@@ -1372,11 +1373,16 @@ def test_a_step_repeats_the_last_launch_only_while_nothing_it_was_made_from_chan
     step in between and inactive rows are honoured on the repeated launch. Every token is
     compared with a twin state stepped by the NumPy reference under the same writes.
 
-    Launches are prepared as on a GPU (a stand-in for _prepare) on the simulator and on a
-    GPU alike: a launch is repeated once its arguments were prepared, at the second launch
-    with them, so the token after one with new arguments goes through _launch as well."""
+    ``prepared``: launches prepared as on a GPU (a stand-in for _prepare) on the simulator
+    and on a GPU alike: a launch is repeated once its arguments were prepared, at the
+    second launch with them, so the token after one with new arguments goes through
+    _launch as well. Unprepared: the simulator's own launches, repeated from the token
+    after the first (a GPU always prepares)."""
     be = _be()
-    _launches_prepared_by(monkeypatch, be, _stand_in_prepare(be, []))
+    if prepared:
+        _launches_prepared_by(monkeypatch, be, _stand_in_prepare(be, []))
+    elif not be.SIMULATOR:
+        pytest.skip("a GPU prepares every repeated launch (the simulator's path)")
     block = _config.CUDA_BLOCK_SIZE      # the tests' (FASTSARNN_TEST_CUDA_BLOCK)
     full = []
     launch = be._launch
@@ -1440,9 +1446,10 @@ def test_a_step_repeats_the_last_launch_only_while_nothing_it_was_made_from_chan
     # new arguments at 0: the first; 5: another setting; 6: the history grows (capacity
     # 6 -> 12); 8: h replaced; 12: the failed call (the history grows to 24 in it) and the
     # token after it; 13, 14: split in two parts (never repeated); 15: one block again.
-    # Each of 0, 6, 8, 12 and 15 is followed by the token that prepares its launch (1, 7,
-    # 9, 13: split anyway, 16); 5's arguments change again at 6.
-    assert full == [0, 1, 5, 6, 7, 8, 9, 12, 12, 13, 14, 15, 16]
+    # Prepared, each of 0, 6, 8, 12 and 15 is followed by the token that prepares its
+    # launch (1, 7, 9, 13: split anyway, 16); 5's arguments change again at 6.
+    assert full == ([0, 1, 5, 6, 7, 8, 9, 12, 12, 13, 14, 15, 16] if prepared
+                    else [0, 5, 6, 8, 12, 12, 13, 14, 15])
 
 
 def test_once_preparing_failed_no_prepared_launch_is_repeated(monkeypatch):
@@ -1456,7 +1463,7 @@ def test_once_preparing_failed_no_prepared_launch_is_repeated(monkeypatch):
     st = model.init_state(1, capacity=16)
     hs = [model.step(x[:, t], st, backend="cuda")[0].copy() for t in range(5)]
     used = prepare.launchers[0].used
-    assert used == 3        # tokens 3, 4 and 5 (the 4th and 5th repeated by _launch_again)
+    assert used == 3        # tokens 3, 4 and 5, each repeated by _launch_again
     monkeypatch.setattr(be, "_PREPARED_ERROR", "AttributeError: another stream's")
     hs += [model.step(x[:, t], st, backend="cuda")[0].copy() for t in range(5, 8)]
     assert prepare.launchers[0].used == used and len(prepare.launchers) == 1
