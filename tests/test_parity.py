@@ -185,6 +185,36 @@ def test_step_out_buffers_are_written_and_returned(backend, layout, dtype):
     np.testing.assert_array_equal(st.c, plain.c)
 
 
+def test_a_step_stream_sees_every_change_between_tokens(backend):
+    """What a backend may prepare once per set of state buffers (the C and Numba steps do)
+    must still take each token's input, active flags and output buffers, and see the
+    state's buffers grown, replaced, reset or written in place: token by token, the same
+    as a twin stream on the NumPy reference under the same changes."""
+    model = make_model(score="kq", recurrence="hc", D=D, H=H, Ha=5, dtype="float64")
+    x = make_x(3, 12, D)
+    st, twin = model.init_state(3, capacity=1), model.init_state(3, capacity=1)
+    outs = [(np.empty((3, H)), np.empty((3, H))) for _ in range(2)]
+    for t in range(12):
+        act = None if t % 4 == 0 else np.array([t % 2 == 0, True, t % 3 != 0])
+        if t == 5:                      # replaced (same values): the new arrays are used
+            for s in (st, twin):
+                s.h = s.h.copy()
+        if t == 6:                      # written in place
+            for s in (st, twin):
+                s.c[...] *= 0.5
+        if t == 8:                      # a row starts over
+            for s in (st, twin):
+                s.reset(rows=[2])
+        x_t = np.array(x[:, t])         # a new input array each token
+        out = outs[t % 2] if t % 3 else None
+        got = model.step(x_t, st, active=act, out=out, backend=backend)
+        want = model.step(x_t, twin, active=act, backend="numpy")
+        for g, w in zip(got, want):
+            assert max_err(g, w) <= tol(model), t
+        assert st.positions.tolist() == twin.positions.tolist(), t
+    assert max_err(st.h, twin.h) <= tol(model) and max_err(st.c, twin.c) <= tol(model)
+
+
 def test_state_from_reference_continues_on_backend(backend):
     """The state layout is shared: a stream may switch backend between calls."""
     model = make_model(score="kq", window=4, D=D, H=H, Ha=5, dtype="float32")

@@ -4,7 +4,8 @@ Three levels, as in the C backend: ``_run_sequence`` is the serial kernel for on
 ``_run_row`` is the body both batch drivers share (check-free: the drivers check every size
 first), and ``_forward_parallel`` / ``_forward_serial`` only loop it over the batch
 (``prange`` or ``range``; never a parallel region inside one step); ``forward`` / ``step``
-are the thin wrappers.
+are the thin wrappers, and ``prepare_step`` a step whose unchanging arguments are made once
+per set of state buffers (as the C backend's).
 
 Score, recurrence, window and attention layout are runtime arguments, so each driver
 compiles once per dtype (and ``cache=True`` keeps that across processes). Absent weights are
@@ -649,14 +650,25 @@ def _raise_bad(bad):
                          f"expected {expected}, got {got}")
 
 
+def _weights(p):
+    """The kernels' leading arguments: the weights (absent ones empty) and the codes."""
+    return (p.W_x, p.W_c, p.b, p.W_h, p.W_s, p.W_k, p.W_q, p.v, p.score_code,
+            p.recurrence_code, p.window or 0)
+
+
 def _run(p, x, lengths, st, out_h, out_c, out_attn, num_threads, compact):
     B = x.shape[0]
     keys = st.keys if st.keys is not None else _empties(p, B)
     want = out_attn is not None
     attn = out_attn if want else _empties(p, B)
-    args = (p.W_x, p.W_c, p.b, p.W_h, p.W_s, p.W_k, p.W_q, p.v, p.score_code,
-            p.recurrence_code, p.window or 0, x, lengths, st.hist, keys, st.h, st.c,
-            st.positions, out_h, out_c, attn, want, compact, _chunk_rows(p))
+    _launch((*_weights(p), x, lengths, st.hist, keys, st.h, st.c, st.positions, out_h,
+             out_c, attn, want, compact, _chunk_rows(p)), B, num_threads)
+
+
+def _launch(args, B, num_threads):
+    """A driver over ``args``' B rows: the serial one for one row or one thread, else the
+    parallel one (on ``num_threads`` threads, or Numba's count), one launch at a time where
+    the threading layer needs it; a size the kernel refuses raises ValueError."""
     if B == 1 or num_threads == 1:
         _raise_bad(_forward_serial(*args))
         return
@@ -713,3 +725,42 @@ def step(p, x, active, state, out_h, out_c, num_threads=None):
     _run(p, x.reshape(B, 1, x.shape[1]), active.astype(np.int64), state,
          out_h.reshape(B, 1, out_h.shape[1]), out_c.reshape(B, 1, out_c.shape[1]), None,
          num_threads, False)
+
+
+class _StepCall:
+    """:func:`step` prepared for one (model, state buffers) pair: the kernel's arguments
+    that stay the same from token to token (weights, codes, the state's buffers) made once,
+    the one-step views of the latest output buffers kept while the same arrays come, and
+    the active flags copied into lengths of 0 or 1 kept here. Per token: x_t viewed as a
+    one-step sequence, the attention chunk read from the settings, one kernel call (sizes
+    checked by the kernel, as in :func:`step`)."""
+
+    __slots__ = ("p", "B", "head", "bufs", "empty", "lengths", "oh", "oh3", "oc", "oc3")
+
+    def __init__(self, p, state):
+        B = state._h.shape[0]
+        self.p, self.B = p, B
+        self.head = _weights(p)
+        self.empty = _empties(p, B)
+        keys = state._keys if state._keys is not None else self.empty
+        self.bufs = (state._hist, keys, state._h, state._c, state._positions)
+        self.lengths = np.zeros(B, dtype=np.int64)
+        self.oh = self.oc = self.oh3 = self.oc3 = None
+
+    def __call__(self, x, active, state, out_h, out_c, num_threads):
+        B = self.B
+        if out_h is not self.oh:
+            self.oh3, self.oh = out_h.reshape(B, 1, out_h.shape[-1]), out_h
+        if out_c is not self.oc:
+            self.oc3, self.oc = out_c.reshape(B, 1, out_c.shape[-1]), out_c
+        np.copyto(self.lengths, active)
+        _launch((*self.head, x.reshape(B, 1, x.shape[-1]), self.lengths, *self.bufs,
+                 self.oh3, self.oc3, self.empty, False, False, _chunk_rows(self.p)),
+                B, num_threads)
+
+
+def prepare_step(p, state):
+    """A callable ``run(x, active, state, out_h, out_c, num_threads)`` for ``state``'s
+    current buffers (the model layer asks again when they change); x and the outputs are
+    ``(B, .)`` arrays, or 1-D when B = 1."""
+    return _StepCall(p, state)
