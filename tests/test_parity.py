@@ -185,30 +185,44 @@ def test_step_out_buffers_are_written_and_returned(backend, layout, dtype):
     np.testing.assert_array_equal(st.c, plain.c)
 
 
-def test_a_step_stream_sees_every_change_between_tokens(backend):
+@pytest.mark.parametrize("streams", [1, 3])
+def test_a_step_stream_sees_every_change_between_tokens(backend, streams):
     """What a backend may prepare once per set of state buffers (the C and Numba steps do)
-    must still take each token's input, active flags and output buffers, and see the
-    state's buffers grown, replaced, reset or written in place: token by token, the same
-    as a twin stream on the NumPy reference under the same changes."""
-    model = make_model(score="kq", recurrence="hc", D=D, H=H, Ha=5, dtype="float64")
-    x = make_x(3, 12, D)
-    st, twin = model.init_state(3, capacity=1), model.init_state(3, capacity=1)
-    outs = [(np.empty((3, H)), np.empty((3, H))) for _ in range(2)]
+    must still take each token's input, active flags and output buffers (new arrays, or
+    the same arrays written in place), and see the state's buffers grown, replaced, reset
+    or written in place: token by token, the same as a twin stream on the NumPy reference
+    under the same changes. One stream (1-D input and outputs, one thread) or three."""
+    model = make_model(score="kq", recurrence="hc", window=4, D=D, H=H, Ha=5,
+                       dtype="float64")
+    x = make_x(streams, 12, D)
+    st, twin = model.init_state(streams, capacity=1), model.init_state(streams, capacity=1)
+    shape = (H,) if streams == 1 else (streams, H)
+    outs = [(np.empty(shape), np.empty(shape)) for _ in range(2)]
+    mask = np.ones(streams, dtype=bool)             # one array, changed in place
+    x_in = np.empty(x[:, 0].shape)                  # likewise
     for t in range(12):
-        act = None if t % 4 == 0 else np.array([t % 2 == 0, True, t % 3 != 0])
+        mask[...] = [t % 2 == 0, True, t % 3 != 0][:streams] if t % 4 else True
         if t == 5:                      # replaced (same values): the new arrays are used
             for s in (st, twin):
                 s.h = s.h.copy()
+                s.positions = s.positions.copy()
         if t == 6:                      # written in place
             for s in (st, twin):
                 s.c[...] *= 0.5
         if t == 8:                      # a row starts over
             for s in (st, twin):
-                s.reset(rows=[2])
-        x_t = np.array(x[:, t])         # a new input array each token
+                s.reset(rows=[streams - 1])
+        if t % 2:
+            x_t = np.array(x[:, t])     # a new input array
+        else:
+            x_in[...] = x[:, t]         # the same array, new values
+            x_t = x_in
+        if streams == 1:
+            x_t = x_t[0]
         out = outs[t % 2] if t % 3 else None
-        got = model.step(x_t, st, active=act, out=out, backend=backend)
-        want = model.step(x_t, twin, active=act, backend="numpy")
+        got = model.step(x_t, st, active=mask, out=out, backend=backend,
+                         num_threads=1 if streams == 1 else None)
+        want = model.step(x_t, twin, active=mask, backend="numpy")
         for g, w in zip(got, want):
             assert max_err(g, w) <= tol(model), t
         assert st.positions.tolist() == twin.positions.tolist(), t

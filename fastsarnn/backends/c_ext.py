@@ -235,7 +235,7 @@ class _StepCall:
 
 def prepare_step(p, state):
     """A callable ``run(x, active, state, out_h, out_c, num_threads)`` for ``state``'s
-    current buffers (the model layer asks again when the state grows); x and the outputs are
+    current buffers (the model layer asks again when they change); x and the outputs are
     ``(B, .)`` arrays, or 1-D when B = 1."""
     return _StepCall(p, state)
 

@@ -731,9 +731,11 @@ class _StepCall:
     """:func:`step` prepared for one (model, state buffers) pair: the kernel's arguments
     that stay the same from token to token (weights, codes, the state's buffers) made once,
     the one-step views of the latest output buffers kept while the same arrays come, and
-    the active flags copied into lengths of 0 or 1 kept here. Per token: x_t viewed as a
-    one-step sequence, the attention chunk read from the settings, one kernel call (sizes
-    checked by the kernel, as in :func:`step`)."""
+    the active flags copied into lengths of 0 or 1 kept here (the latest output buffers
+    stay referenced until others come). Per token: x_t viewed as a one-step sequence, the
+    attention chunk read from the settings, one kernel call (sizes checked by the kernel,
+    as in :func:`step`). It steps the state it was prepared for: the ``state`` argument is
+    the model layer's, which hands the same one."""
 
     __slots__ = ("p", "B", "head", "bufs", "empty", "lengths", "oh", "oh3", "oc", "oc3")
 
