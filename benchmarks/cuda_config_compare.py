@@ -160,7 +160,7 @@ def main(argv=None):
         order = list(runs)
         times = dict.fromkeys(order, float("inf"))
         for i in range(args.repeat):
-            k = i % len(order) if order else 0
+            k = i % len(order)          # every value ran its warm-up: order is not empty
             for value in order[k:] + order[:k]:
                 if value not in runs:       # failed in an earlier round
                     continue
