@@ -18,7 +18,8 @@
 #             NAME=V1,V2,..., for example "CUDA_MATVEC_WORDS=8,16,32 CUDA_ROWS_PER_WARP=4,8";
 #             none by default) compared on S and M, or on the configurations named after
 #             an @ (CUDA_MIN_BLOCKS_PER_SM=1,2@XL), by benchmarks/cuda_config_compare.py
-#             on device arrays (the kernels' time without the bus; step on NumPy x_t);
+#             on device arrays (the kernels' time without the bus; step on NumPy x_t),
+#             except settings of the staged copies (CUDA_STAGING_*), on NumPy arrays;
 #   cold      benchmarks/cuda_cold_start.py: a fresh process's first forward (S) with
 #             Numba's on-disk kernel cache off, on and empty, on and filled;
 #   baseline  where .baseline/ holds another revision's source tree (`bash
@@ -260,12 +261,14 @@ part_settings() {
         [[ $setting == *@?* ]] && configs=${setting#*@}
         setting=${setting%%@*}
         within "settings $setting" "$SETTINGS_LIMIT" || continue
-        local config_names=() config_args=()
+        local config_names=() config_args=() arrays=(--device-arrays)
         IFS=, read -ra config_names <<< "$configs"
         for c in "${config_names[@]}"; do config_args+=(--config "$c"); done
-        echo "=== $setting on ${config_names[*]}, limit ${LIMIT}s"
+        # the staged copies move NumPy arrays: device arrays would never use them
+        [[ $setting == *CUDA_STAGING_* ]] && arrays=()
+        echo "=== $setting on ${config_names[*]} (${arrays[*]:-NumPy arrays}), limit ${LIMIT}s"
         timeout -k 10 "$LIMIT" "$PY" "$ROOT/benchmarks/cuda_config_compare.py" \
-            --setting "$setting" --repeat 3 --device-arrays "${config_args[@]}" 2>&1 \
+            --setting "$setting" --repeat 3 "${arrays[@]}" "${config_args[@]}" 2>&1 \
             | tee -a "$LOGS/settings.log"
         finished settings "${PIPESTATUS[0]}" "the comparison"
     done

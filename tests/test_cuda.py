@@ -268,9 +268,12 @@ def test_reset_after_cuda_clears_the_device_copy():
     assert np.all(st.hist[0, 2:] == 0)                 # nothing stale past the positions
 
 
-def test_no_device_allocation_per_call(monkeypatch):
-    """Once the buffers are grown, step and forward allocate nothing on the device."""
+@pytest.mark.parametrize("staging", [0, 16], ids=["driver-copies", "staged"])
+def test_no_device_allocation_per_call(monkeypatch, staging):
+    """Once the buffers are grown, step and forward allocate nothing on the device (nor
+    pinned host memory, streams or events for the staged copies)."""
     from numba import cuda
+    monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", staging)
     model = make_model(score="general", D=5, H=6)
     x = make_x(2, 12, 5)
     st = model.init_state(2, capacity=16)
@@ -278,7 +281,8 @@ def test_no_device_allocation_per_call(monkeypatch):
     model.forward(x[:, 1:3], state=st, backend="cuda")
     model.forward(x[:, 1:3], backend="cuda")          # scratch state: model's workspace
     calls = []
-    for name in ("device_array", "to_device", "mapped_array", "pinned_array"):
+    for name in ("device_array", "to_device", "mapped_array", "pinned_array", "stream",
+                 "event"):
         real = getattr(cuda, name)
         monkeypatch.setattr(cuda, name, lambda *a, _r=real, _n=name, **k:
                             calls.append(_n) or _r(*a, **k))
@@ -290,6 +294,43 @@ def test_no_device_allocation_per_call(monkeypatch):
     monkeypatch.undo()
     ref = reference(model, x[:, :8])
     assert max_err(st.h, ref.h_last) <= tol(model)
+
+
+@pytest.mark.parametrize("chunk,threads", [(12, 1), (40, 3), (1 << 20, 2)])
+def test_forward_through_pinned_staging(monkeypatch, chunk, threads):
+    """NumPy arrays in and out through the staged copies (_cuda_staging): chunks of 12
+    bytes (one and a half float64 elements: partial chunks) to one larger than every
+    array; the outputs, the attention and a state carried into a second call match the
+    reference, and the copies did go through the staging."""
+    from fastsarnn.backends import _cuda_staging
+    monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", chunk)
+    monkeypatch.setattr(_config, "CUDA_STAGING_THREADS", threads)
+    moved = {"upload": 0, "download": 0}
+    for direction in moved:
+        real = getattr(_cuda_staging.Staging, direction)
+
+        def spy(self, pairs, workers, _real=real, _d=direction):
+            moved[_d] += sum(h.size for _, h in pairs)
+            return _real(self, pairs, workers)
+        monkeypatch.setattr(_cuda_staging.Staging, direction, spy)
+    model = make_model(score="kq", D=5, H=6, Ha=3)
+    x = make_x(3, 9, 5)
+    lengths = np.array([7, 3, 0])
+    st = model.init_state(3)
+    got = model.forward(x[:, :7], lengths=lengths, state=st, return_attention=True,
+                        backend="cuda")
+    again = model.forward(x[:, 7:], state=st, backend="cuda")
+    ref_st = model.init_state(3)      # the model is float64: the reference's own dtype
+    ref = model.forward(x[:, :7], lengths=lengths, state=ref_st, return_attention=True,
+                        backend="numpy")
+    ref_again = model.forward(x[:, 7:], state=ref_st, backend="numpy")
+    for a, b in [(got.h, ref.h), (got.c, ref.c), (got.attention, ref.attention),
+                 (again.h, ref_again.h), (again.c, ref_again.c), (st.h, ref_st.h)]:
+        assert max_err(a, b) <= tol(model)
+    # x up twice; h, c (and the attention once) down
+    assert moved == {"upload": x.size, "download": 2 * (3 * 9 * 6) + got.attention.size}
+    staging = model._kernel.cache["cuda"]["work"]["staging"]
+    assert staging.chunk == chunk and len(staging.buffers) == threads + 2
 
 
 def test_device_history_grows_with_the_state():

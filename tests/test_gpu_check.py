@@ -154,12 +154,13 @@ def test_a_failed_part_fails_the_check_and_the_others_still_run(tmp_path):
 
 
 def test_settings_report_their_failure_and_each_setting_is_timed_within_the_total(tmp_path):
-    settings = "CUDA_MATVEC_WORDS=8,16\nCUDA_ROWS_PER_WARP=4,8@S"
+    settings = "CUDA_MATVEC_WORDS=8,16\nCUDA_ROWS_PER_WARP=4,8@S CUDA_STAGING_BYTES=0,64@M"
     proc, calls, _ = run_check(tmp_path, "settings", settings=settings,
                                fail="CUDA_MATVEC_WORDS")
     assert [c.split("--setting ")[1] for c in calls] == [
         "CUDA_MATVEC_WORDS=8,16 --repeat 3 --device-arrays --config S --config M",
-        "CUDA_ROWS_PER_WARP=4,8 --repeat 3 --device-arrays --config S"]
+        "CUDA_ROWS_PER_WARP=4,8 --repeat 3 --device-arrays --config S",
+        "CUDA_STAGING_BYTES=0,64 --repeat 3 --config M"]     # NumPy arrays: the staging's
     assert proc.returncode == 1 and "settings exit 1;" in proc.stdout, proc.stdout
     proc, calls, _ = run_check(tmp_path, "settings", settings=settings, total=5,
                                min_part=3, sleep=3)

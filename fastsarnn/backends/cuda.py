@@ -46,6 +46,11 @@ downloads when the host copy is read); ``h``, ``c`` and ``positions`` are moved 
 (pinned, device-addressable) host memory on first use, so the kernel reads and writes the
 very arrays the user sees: writes to them between calls are honoured without a copy.
 
+NumPy arrays in and out of ``forward`` go through the model's device workspace: the
+driver's copies of pageable memory by default, or, with ``_config.CUDA_STAGING_BYTES``,
+in chunks through pinned buffers, the DMA overlapping host copies on several threads
+(:mod:`fastsarnn.backends._cuda_staging`).
+
 Host time per launch: numba-cuda turns every argument into kernel parameters at every
 launch (microseconds per array), which ``step`` would pay per token. So the weights travel
 as one packed buffer (:func:`_weight_layout`), launch configurations are made once
@@ -84,6 +89,7 @@ from importlib import metadata
 import numpy as np
 
 from .. import _config, _validate
+from . import _cuda_staging
 
 NAME = "cuda"
 DEVICE = True
@@ -2080,8 +2086,9 @@ def forward(p, x, lengths, state, out_h, out_c, out_attn, num_threads=None,
             _launch(p, w, x, lengths, len_arg, state, out_h, out_c, out_attn, compact_attention,
                     False)
             return
+        staging = _staging(w, num_threads)     # settings checked before anything moves
         d_x = _workspace(w, "x", (B, T, D), p.dtype)
-        d_x.copy_to_device(x)
+        _copy(staging, "upload", [(d_x, x)])
         d_h = _workspace(w, "out_h", out_h.shape, p.dtype)
         d_c = _workspace(w, "out_c", out_c.shape, p.dtype)
         d_attn = None
@@ -2089,10 +2096,37 @@ def forward(p, x, lengths, state, out_h, out_c, out_attn, num_threads=None,
             d_attn = _workspace(w, "attn", out_attn.shape, p.dtype)
             _fill_zero(d_attn)
         _launch(p, w, d_x, lengths, len_arg, state, d_h, d_c, d_attn, compact_attention, False)
-        d_h.copy_to_host(out_h)
-        d_c.copy_to_host(out_c)
+        outs = [(d_h, out_h), (d_c, out_c)]
         if out_attn is not None:
-            d_attn.copy_to_host(out_attn)
+            outs.append((d_attn, out_attn))
+        _copy(staging, "download", outs)
+
+
+def _staging(w, num_threads):
+    """``(Staging, host thread pool)`` for a call's NumPy arrays, or None where
+    ``_config.CUDA_STAGING_BYTES`` is 0 (the driver's own copies). The model's workspace
+    keeps the pinned buffers (made again only for larger chunks or more threads)."""
+    chunk = _cuda_staging.chunk_bytes()
+    if not chunk:
+        return None
+    n = _cuda_staging.threads(num_threads)
+    got = w["work"].get("staging")
+    if got is None or got.chunk != chunk or len(got.buffers) < n + 2:
+        got = w["work"]["staging"] = _cuda_staging.Staging.pinned(chunk, n + 2)
+    return got, _cuda_staging.pool(n)
+
+
+def _copy(staging, direction, pairs):
+    """Copy ``(device, host)`` pairs: ``"upload"`` host to device, ``"download"`` back;
+    through ``staging`` where given, else by the driver's copies of pageable memory."""
+    if staging is not None:
+        getattr(staging[0], direction)(pairs, staging[1])
+    elif direction == "upload":
+        for dev, host in pairs:
+            dev.copy_to_device(host)
+    else:
+        for dev, host in pairs:
+            dev.copy_to_host(host)
 
 
 def step(p, x, active, state, out_h, out_c, num_threads=None):

@@ -1,0 +1,203 @@
+"""Copies between ``forward``'s NumPy arrays and the device, through pinned staging buffers.
+
+A copy between a NumPy array (pageable memory) and the device is, by default, the driver's
+own: one host thread moves each piece between the user's array and a pinned buffer of the
+driver's, then the DMA engine moves it. When the output is a new array, that thread also
+takes a page fault per page on first touch. On the H200 machine of docs/BENCHMARKS.md
+(2026-11-28) those copies moved about 3 GB/s, which was most of ``forward``'s time at M and
+XL.
+
+:class:`Staging` cuts each array into chunks of ``CUDA_STAGING_BYTES`` and keeps ``K``
+pinned buffers (slots). Chunk ``i`` goes through slot ``i mod K``. The DMA of a chunk runs
+on one copy stream, while a pool of host threads copies other chunks between the slots and
+the user's array. So the DMA overlaps the host's copies, and the host's copies (and their
+page faults) run on several cores.
+
+Invariants:
+
+- A host thread reads a slot only after the event recorded behind that slot's DMA to the
+  host has completed.
+- A slot is written again only after the host's copy out of it has finished, or after
+  the DMA that read it has completed.
+- Every call returns only when all its copies are done: the stream is synchronised and
+  every host copy joined, also when one of them fails.
+"""
+
+import concurrent.futures
+import os
+import threading
+
+import numpy as np
+
+from .. import _config
+
+_POOLS = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def enabled():
+    """Whether ``forward`` stages its NumPy arrays (``_config.CUDA_STAGING_BYTES`` > 0)."""
+    return chunk_bytes() > 0
+
+
+def chunk_bytes():
+    """``_config.CUDA_STAGING_BYTES``, checked: an integer >= 0 (0: no staging)."""
+    n = _config.CUDA_STAGING_BYTES
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"fastsarnn._config.CUDA_STAGING_BYTES must be an integer >= 0; "
+                         f"got {n!r}")
+    return n
+
+
+def threads(num_threads=None):
+    """Host threads of the staging copies: the call's ``num_threads`` where given, else
+    ``_config.CUDA_STAGING_THREADS`` (``"auto"``: the cores, at most 8)."""
+    if num_threads is not None:
+        return max(1, int(num_threads))
+    n = _config.CUDA_STAGING_THREADS
+    if n == "auto":
+        return max(1, min(8, os.cpu_count() or 1))
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"fastsarnn._config.CUDA_STAGING_THREADS must be 'auto' or an "
+                         f"integer >= 1; got {n!r}")
+    return n
+
+
+def pool(n):
+    """A process-wide pool of ``n`` host threads (one per size, made on first use)."""
+    with _POOLS_LOCK:
+        got = _POOLS.get(n)
+        if got is None:
+            got = _POOLS[n] = concurrent.futures.ThreadPoolExecutor(
+                n, thread_name_prefix="fastsarnn-staging")
+        return got
+
+
+class Staging:
+    """``K`` >= 2 pinned slots of ``chunk`` bytes, an event per slot, one copy stream.
+
+    ``buffers`` are 1-D uint8 arrays of at least ``chunk`` bytes; ``stream`` and ``events``
+    follow numba-cuda's stream and event API (tests pass stand-ins that delay every copy
+    until an event or the stream is synchronised).
+    """
+
+    def __init__(self, chunk, buffers, stream, events):
+        if len(buffers) < 2 or len(events) != len(buffers):
+            raise ValueError(f"staging needs at least 2 slots and an event per slot; got "
+                             f"{len(buffers)} slots and {len(events)} events")
+        if chunk < 1 or any(b.nbytes < chunk for b in buffers):
+            raise ValueError(f"staging slots must hold {chunk} bytes each; got "
+                             f"{[b.nbytes for b in buffers]}")
+        self.chunk = chunk
+        self.buffers = buffers
+        self.stream = stream
+        self.events = events
+
+    @classmethod
+    def pinned(cls, chunk, slots):
+        """Slots in pinned host memory, real events and a new stream."""
+        from numba import cuda
+        buffers = [cuda.pinned_array(chunk, dtype=np.uint8) for _ in range(slots)]
+        try:
+            events = [cuda.event(timing=False) for _ in range(slots)]
+        except TypeError:       # the simulator's events take no arguments
+            events = [cuda.event() for _ in range(slots)]
+        return cls(chunk, buffers, cuda.stream(), events)
+
+    def _chunks(self, pairs):
+        """``(device chunk, host chunk)`` views, ``chunk`` bytes at most, array by array."""
+        for dev, host in pairs:
+            if dev.shape != host.shape or dev.dtype != host.dtype:
+                raise ValueError(f"staged copy between a device array {dev.shape} "
+                                 f"{dev.dtype} and a host array {host.shape} {host.dtype}: "
+                                 f"expected the same shape and dtype")
+            if not host.flags.c_contiguous:
+                raise ValueError("staged copy: the host array must be C-contiguous")
+            n = host.size
+            if n == 0:
+                continue
+            flat_dev, flat_host = dev.reshape(n), host.reshape(n)
+            step = max(1, self.chunk // host.itemsize)
+            for a in range(0, n, step):
+                b = min(a + step, n)
+                yield flat_dev[a:b], flat_host[a:b]
+
+    def _slot(self, k, like):
+        """Slot ``k`` seen as an array of ``like``'s dtype and size."""
+        return self.buffers[k][:like.nbytes].view(like.dtype)
+
+    def download(self, pairs, workers):
+        """Copy each device array of ``pairs`` into its host array (``(device, host)``)."""
+        K = len(self.buffers)
+        copying = [None] * K      # the host copy out of each slot, while it runs
+        waiting = None            # (slot, staged, host chunk): DMA issued, not yet handed over
+        try:
+            for i, (dev, host) in enumerate(self._chunks(pairs)):
+                k = i % K
+                if copying[k] is not None:      # the slot's previous chunk is still read
+                    copying[k].result()
+                    copying[k] = None
+                staged = self._slot(k, host)
+                dev.copy_to_host(staged, stream=self.stream)
+                self.events[k].record(self.stream)
+                # the chunk before this one: its DMA is queued ahead of this one's
+                if waiting is not None:
+                    copying[waiting[0]] = self._hand_over(waiting, workers)
+                waiting = (k, staged, host)
+            if waiting is not None:
+                copying[waiting[0]] = self._hand_over(waiting, workers)
+                waiting = None
+        finally:
+            self._finish(copying)
+
+    def _hand_over(self, waiting, workers):
+        k, staged, host = waiting
+        self.events[k].synchronize()     # the slot holds the chunk now
+        return workers.submit(np.copyto, host, staged)
+
+    def upload(self, pairs, workers):
+        """Copy each host array of ``pairs`` into its device array (``(device, host)``)."""
+        chunks = list(self._chunks(pairs))
+        K = len(self.buffers)
+        filling = [None] * K      # the host copy into each slot, while it runs
+        sent = [False] * K        # a DMA out of the slot issued, not known to be done
+
+        def fill(j):
+            k = j % K
+            if sent[k]:                      # the DMA still reads the slot
+                self.events[k].synchronize()
+                sent[k] = False
+            dev, host = chunks[j]
+            filling[k] = workers.submit(np.copyto, self._slot(k, host), host)
+
+        try:
+            for j in range(min(K - 1, len(chunks))):
+                fill(j)
+            for i, (dev, host) in enumerate(chunks):
+                k = i % K
+                filling[k].result()
+                filling[k] = None
+                dev.copy_to_device(self._slot(k, host), stream=self.stream)
+                self.events[k].record(self.stream)
+                sent[k] = True
+                if i + K - 1 < len(chunks):     # into the slot of chunk i - 1
+                    fill(i + K - 1)
+        finally:
+            self._finish(filling)
+
+    def _finish(self, futures):
+        """Wait for the stream and every host copy; the first failure is raised."""
+        error = None
+        try:
+            self.stream.synchronize()
+        except Exception as exc:     # still join the host copies before raising
+            error = exc
+        for f in futures:
+            if f is None:
+                continue
+            try:
+                f.result()
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error

@@ -1,0 +1,190 @@
+"""The staged host<->device copies of the CUDA backend (fastsarnn.backends._cuda_staging).
+
+The pipeline's order is checked here with stand-ins that need no GPU and no numba-cuda: a
+stream that defers every copy until an event behind it, or the stream, is synchronised
+(as a GPU's DMA engine may), and a pool that runs a host copy only when its result is
+asked for. A missing wait then reads or overwrites a slot at the wrong time and changes
+the copied values. tests/test_cuda.py runs the backend's forward through the real
+staging (on the simulator, or a GPU).
+"""
+
+import concurrent.futures
+
+import numpy as np
+import pytest
+
+from fastsarnn import _config
+from fastsarnn.backends import _cuda_staging
+from fastsarnn.backends._cuda_staging import Staging
+
+
+class DeferredStream:
+    """Copies queue up and run in order, only when something waits for them."""
+
+    def __init__(self):
+        self.queue = []
+
+    def run_until(self, marker=None):
+        while self.queue:
+            op = self.queue.pop(0)
+            if op is marker:
+                return
+            if callable(op):
+                op()
+
+    def synchronize(self):
+        self.run_until()
+
+
+class DeferredEvent:
+    def record(self, stream):
+        self.stream = stream
+        stream.queue.append(self)
+
+    def synchronize(self):
+        if self in self.stream.queue:
+            self.stream.run_until(self)
+
+
+class DeviceStandIn:
+    """A 'device' array: NumPy memory whose copies go through a deferred stream."""
+
+    def __init__(self, arr):
+        self.arr = arr
+        self.shape, self.dtype = arr.shape, arr.dtype
+
+    def reshape(self, *shape):
+        return DeviceStandIn(self.arr.reshape(*shape))
+
+    def __getitem__(self, idx):
+        return DeviceStandIn(self.arr[idx])
+
+    def copy_to_host(self, ary, stream):
+        assert ary.shape == self.shape and ary.dtype == self.dtype
+        src = self.arr
+        stream.queue.append(lambda: np.copyto(ary, src))    # reads the device when run
+
+    def copy_to_device(self, ary, stream):
+        assert ary.shape == self.shape and ary.dtype == self.dtype
+        dst = self.arr
+        stream.queue.append(lambda: np.copyto(dst, ary))    # reads the slot when run
+
+
+class LazyFuture:
+    def __init__(self, fn, args):
+        self.fn, self.args, self.done = fn, args, False
+
+    def result(self):
+        if not self.done:
+            self.done = True
+            self.fn(*self.args)
+
+
+class LazyPool:
+    """Runs a submitted copy only when its result is asked for (a host thread that lags)."""
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, fn, *args):
+        self.submitted.append(LazyFuture(fn, args))
+        return self.submitted[-1]
+
+
+def make_staging(chunk, slots):
+    return Staging(chunk, [np.zeros(chunk, np.uint8) for _ in range(slots)], DeferredStream(),
+                   [DeferredEvent() for _ in range(slots)])
+
+
+@pytest.fixture(params=["lazy", "threads"])
+def workers(request):
+    if request.param == "lazy":
+        yield LazyPool()
+    else:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            yield pool
+
+
+def arrays(rng, shapes, dtypes):
+    return [rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes)]
+
+
+# chunks of 3 float32 / 1.5 float64 elements: partial last chunks, chunks of one element
+CASES = [(12, 2), (12, 3), (8, 5), (4096, 2)]
+SHAPES = [(2, 5, 3), (7,), (0, 4), (1, 1, 11)]
+DTYPES = [np.float32, np.float64, np.float32, np.float64]
+
+
+@pytest.mark.parametrize("chunk, slots", CASES)
+def test_download_copies_every_chunk_after_its_dma(chunk, slots, workers):
+    rng = np.random.default_rng(0)
+    dev = arrays(rng, SHAPES, DTYPES)
+    host = [np.full_like(a, np.nan) for a in dev]
+    st = make_staging(chunk, slots)
+    st.download([(DeviceStandIn(d), h) for d, h in zip(dev, host)], workers)
+    for d, h in zip(dev, host):
+        np.testing.assert_array_equal(h, d)
+    assert st.stream.queue == []
+
+
+@pytest.mark.parametrize("chunk, slots", CASES)
+def test_upload_reuses_a_slot_only_after_its_dma(chunk, slots, workers):
+    rng = np.random.default_rng(1)
+    host = arrays(rng, SHAPES, DTYPES)
+    dev = [np.full_like(a, np.nan) for a in host]
+    st = make_staging(chunk, slots)
+    st.upload([(DeviceStandIn(d), h) for d, h in zip(dev, host)], workers)
+    for d, h in zip(dev, host):
+        np.testing.assert_array_equal(d, h)
+    assert st.stream.queue == []
+
+
+def test_a_failed_copy_leaves_no_copy_running():
+    """A pair that does not match raises, once every DMA and host copy it started is done
+    (none may write into a buffer after the call)."""
+    rng = np.random.default_rng(2)
+    good = rng.standard_normal((3, 4)).astype(np.float32)
+    host = np.zeros_like(good)
+    st = make_staging(8, 2)
+    pool = LazyPool()
+    bad = (DeviceStandIn(np.zeros((2, 2), np.float32)), np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"device array \(2, 2\) float32 and a host array "
+                                         r"\(2, 3\) float32"):
+        st.download([(DeviceStandIn(good), host), bad], pool)
+    assert st.stream.queue == []
+    assert pool.submitted and all(f.done for f in pool.submitted)
+    np.testing.assert_array_equal(host.ravel()[:4], good.ravel()[:4])   # chunks handed over
+
+
+def test_staging_checks_its_slots():
+    with pytest.raises(ValueError, match="at least 2 slots"):
+        make_staging(8, 1)
+    with pytest.raises(ValueError, match="must hold 16 bytes each; got"):
+        Staging(16, [np.zeros(8, np.uint8)] * 2, DeferredStream(), [DeferredEvent()] * 2)
+    st = make_staging(8, 2)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        st.download([(DeviceStandIn(np.zeros((3, 4))), np.zeros((4, 3)).T)], LazyPool())
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "4096"])
+def test_bad_staging_bytes_are_named(monkeypatch, value):
+    monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", value)
+    with pytest.raises(ValueError, match=rf"CUDA_STAGING_BYTES must be an integer >= 0; "
+                                         rf"got {value!r}"):
+        _cuda_staging.chunk_bytes()
+
+
+@pytest.mark.parametrize("value", [0, -2, 2.0, False, "many"])
+def test_bad_staging_threads_are_named(monkeypatch, value):
+    monkeypatch.setattr(_config, "CUDA_STAGING_THREADS", value)
+    with pytest.raises(ValueError, match="CUDA_STAGING_THREADS must be 'auto' or an integer"):
+        _cuda_staging.threads()
+
+
+def test_staging_threads(monkeypatch):
+    monkeypatch.setattr(_config, "CUDA_STAGING_THREADS", 3)
+    assert _cuda_staging.threads() == 3
+    assert _cuda_staging.threads(5) == 5          # the call's num_threads wins
+    monkeypatch.setattr(_config, "CUDA_STAGING_THREADS", "auto")
+    assert 1 <= _cuda_staging.threads() <= 8
+    assert _cuda_staging.pool(2) is _cuda_staging.pool(2)
