@@ -76,6 +76,34 @@ def test_peers_use_the_modules_formulas(monkeypatch):
     assert len(calls) == 5
 
 
+@needs_torch
+@pytest.mark.parametrize("peer", [TorchLoop, TorchGraphLoop])
+def test_torch_peers_project_every_step_in_one_product(peer):
+    """SPEC section 6: the peer hoists the input projection, one matrix product of all
+    steps' inputs with W_x, not one per step (which would make it a weaker peer)."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    model = make_model(dtype="float32", D=4, H=8)
+    loop = make_peer(peer, model)
+    W_x = loop.P["W_x"]
+    products = []
+
+    class Products(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            if func in (torch.Tensor.__matmul__, torch.matmul, torch.Tensor.matmul) and any(
+                    t.data_ptr() == W_x.data_ptr() for t in tensors):
+                products.append(tuple(tensors[0].shape))
+            return func(*args, **(kwargs or {}))
+
+    x = make_x(2, 9, 4).astype(np.float32)
+    with Products():
+        h, _ = loop.forward(x)
+    assert products == [(2, 9, 4)]
+    assert max_err(h, reference(model, x).h) <= 2e-5
+
+
 def test_gpu_peers_are_offered_only_with_cuda():
     names = bench.available_runners()
     for peer in ("torch-cuda", "torch-cuda-graph"):
