@@ -330,7 +330,7 @@ def test_forward_through_pinned_staging(monkeypatch, chunk, threads):
     # x up twice; h, c (and the attention once) down
     assert moved == {"upload": x.size, "download": 2 * (3 * 9 * 6) + got.attention.size}
     staging = model._kernel.cache["cuda"]["work"]["staging"]
-    assert staging.chunk == chunk and len(staging.buffers) == threads + 2
+    assert staging.chunk == chunk and len(staging.buffers) == _cuda_staging.threads() + 2
 
 
 def test_device_history_grows_with_the_state():

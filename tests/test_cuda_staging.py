@@ -182,9 +182,15 @@ def test_bad_staging_threads_are_named(monkeypatch, value):
 
 
 def test_staging_threads(monkeypatch):
+    monkeypatch.setattr(_cuda_staging.os, "cpu_count", lambda: 16)
     monkeypatch.setattr(_config, "CUDA_STAGING_THREADS", 3)
     assert _cuda_staging.threads() == 3
     assert _cuda_staging.threads(5) == 5          # the call's num_threads wins
+    assert _cuda_staging.threads(1000) == 16      # never more than the cores
+    monkeypatch.setattr(_config, "CUDA_STAGING_THREADS", 40)
+    assert _cuda_staging.threads() == 16
     monkeypatch.setattr(_config, "CUDA_STAGING_THREADS", "auto")
-    assert 1 <= _cuda_staging.threads() <= 8
+    assert _cuda_staging.threads() == 8
+    monkeypatch.setattr(_cuda_staging.os, "cpu_count", lambda: None)
+    assert _cuda_staging.threads() == 1
     assert _cuda_staging.pool(2) is _cuda_staging.pool(2)

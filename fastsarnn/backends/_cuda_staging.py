@@ -51,16 +51,18 @@ def chunk_bytes():
 
 def threads(num_threads=None):
     """Host threads of the staging copies: the call's ``num_threads`` where given, else
-    ``_config.CUDA_STAGING_THREADS`` (``"auto"``: the cores, at most 8)."""
+    ``_config.CUDA_STAGING_THREADS`` (``"auto"``: the cores, at most 8); never more than
+    the cores (each thread has a pinned buffer of its own)."""
+    cores = os.cpu_count() or 1
     if num_threads is not None:
-        return max(1, int(num_threads))
+        return max(1, min(int(num_threads), cores))
     n = _config.CUDA_STAGING_THREADS
     if n == "auto":
-        return max(1, min(8, os.cpu_count() or 1))
+        return min(8, cores)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"fastsarnn._config.CUDA_STAGING_THREADS must be 'auto' or an "
                          f"integer >= 1; got {n!r}")
-    return n
+    return min(n, cores)
 
 
 def pool(n):
