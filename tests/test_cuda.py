@@ -268,7 +268,7 @@ def test_reset_after_cuda_clears_the_device_copy():
     assert np.all(st.hist[0, 2:] == 0)                 # nothing stale past the positions
 
 
-@pytest.mark.parametrize("staging", [0, 16], ids=["driver-copies", "staged"])
+@pytest.mark.parametrize("staging", [0, 64], ids=["driver-copies", "staged"])
 def test_no_device_allocation_per_call(monkeypatch, staging):
     """Once the buffers are grown, step and forward allocate nothing on the device (nor
     pinned host memory, streams or events for the staged copies)."""
@@ -296,15 +296,17 @@ def test_no_device_allocation_per_call(monkeypatch, staging):
     assert max_err(st.h, ref.h_last) <= tol(model)
 
 
-@pytest.mark.parametrize("chunk,threads", [(12, 1), (40, 3), (1 << 20, 2)])
+@pytest.mark.parametrize("chunk,threads", [(64, 1), (72, 2), (1 << 20, 2)])
 def test_forward_through_pinned_staging(monkeypatch, chunk, threads):
-    """NumPy arrays in and out through the staged copies (_cuda_staging): chunks of 12
-    bytes (one and a half float64 elements: partial chunks) to one larger than every
-    array; the outputs, the attention and a state carried into a second call match the
-    reference, and the copies did go through the staging."""
+    """NumPy arrays in and out through the staged copies (_cuda_staging): chunks of 8 and
+    9 float64 elements (every array ends in a partial chunk), and one larger than every
+    array (then the driver copies them all). The outputs, the attention and a state
+    carried into a second call match the reference; the copies did go through the
+    staging; a call's num_threads sets its threads (and slots)."""
     from fastsarnn.backends import _cuda_staging
     monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", chunk)
     monkeypatch.setattr(_config, "CUDA_STAGING_THREADS", threads)
+    monkeypatch.setattr(_cuda_staging.os, "cpu_count", lambda: 4)
     moved = {"upload": 0, "download": 0}
     for direction in moved:
         real = getattr(_cuda_staging.Staging, direction)
@@ -319,7 +321,7 @@ def test_forward_through_pinned_staging(monkeypatch, chunk, threads):
     st = model.init_state(3)
     got = model.forward(x[:, :7], lengths=lengths, state=st, return_attention=True,
                         backend="cuda")
-    again = model.forward(x[:, 7:], state=st, backend="cuda")
+    again = model.forward(x[:, 7:], state=st, backend="cuda", num_threads=3)
     ref_st = model.init_state(3)      # the model is float64: the reference's own dtype
     ref = model.forward(x[:, :7], lengths=lengths, state=ref_st, return_attention=True,
                         backend="numpy")
@@ -327,10 +329,48 @@ def test_forward_through_pinned_staging(monkeypatch, chunk, threads):
     for a, b in [(got.h, ref.h), (got.c, ref.c), (got.attention, ref.attention),
                  (again.h, ref_again.h), (again.c, ref_again.c), (st.h, ref_st.h)]:
         assert max_err(a, b) <= tol(model)
-    # x up twice; h, c (and the attention once) down
-    assert moved == {"upload": x.size, "download": 2 * (3 * 9 * 6) + got.attention.size}
-    staging = model._kernel.cache["cuda"]["work"]["staging"]
-    assert staging.chunk == chunk and len(staging.buffers) == _cuda_staging.threads() + 2
+    kept = model._kernel.cache["cuda"]["work"]["staging"]
+    if chunk > 8 * got.attention.size:      # larger than any array: none staged
+        assert moved == {"upload": 0, "download": 0}
+    else:   # x up twice; h, c (and the attention once) down
+        assert moved == {"upload": x.size, "download": 2 * (3 * 9 * 6) + got.attention.size}
+    # slots: threads + 2 (_staging); the call's num_threads (3) has its own set
+    assert sorted(kept) == [(chunk, threads + 2), (chunk, 5)]
+    assert all(s.chunk == chunk and len(s.buffers) == n for (_, n), s in kept.items())
+
+
+def test_staging_buffers_are_kept_per_chunk_and_threads(monkeypatch):
+    """Settings timed in turn (benchmarks/cuda_config_compare.py) find their pinned buffers
+    kept: no pinned memory, stream or event is made in a call after each value's first;
+    a model keeps the latest _STAGINGS_KEPT sets."""
+    from numba import cuda
+    be = _be()
+    model = make_model(D=5, H=6)
+    x = make_x(2, 9, 5)
+    values = [(64, 1), (128, 1), (64, 2), (0, 1)]
+    for chunk, threads in values:       # first calls: made
+        monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", chunk)
+        model.forward(x, backend="cuda", num_threads=threads)
+    calls = []
+    for name in ("pinned_array", "stream", "event"):
+        real = getattr(cuda, name)
+        monkeypatch.setattr(cuda, name, lambda *a, _r=real, _n=name, **k:
+                            calls.append(_n) or _r(*a, **k))
+    for _ in range(2):
+        for chunk, threads in values:
+            monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", chunk)
+            got = model.forward(x, backend="cuda", num_threads=threads)
+            assert max_err(got.h, reference(model, x).h) <= tol(model)
+    assert calls == []
+    kept = model._kernel.cache["cuda"]["work"]["staging"]
+    assert list(kept) == [(64, 3), (128, 3), (64, 4)]
+    monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", 64)
+    model.forward(x, backend="cuda", num_threads=1)       # (64, 3) used again: the latest
+    assert list(kept) == [(128, 3), (64, 4), (64, 3)]
+    monkeypatch.setattr(be, "_STAGINGS_KEPT", 2)
+    monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", 256)
+    model.forward(x, backend="cuda", num_threads=1)
+    assert list(kept) == [(64, 3), (256, 3)]      # the least recently used went
 
 
 def test_device_history_grows_with_the_state():

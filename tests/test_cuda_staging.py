@@ -19,10 +19,12 @@ from fastsarnn.backends._cuda_staging import Staging
 
 
 class DeferredStream:
-    """Copies queue up and run in order, only when something waits for them."""
+    """Copies queue up and run in order, only when something waits for them. ``behind``
+    logs, at each wait for an event, how many copies were queued behind that event."""
 
     def __init__(self):
         self.queue = []
+        self.behind = []
 
     def run_until(self, marker=None):
         while self.queue:
@@ -43,6 +45,8 @@ class DeferredEvent:
 
     def synchronize(self):
         if self in self.stream.queue:
+            q = self.stream.queue
+            self.stream.behind.append(sum(callable(op) for op in q[q.index(self) + 1:]))
             self.stream.run_until(self)
 
 
@@ -81,12 +85,17 @@ class LazyFuture:
 
 
 class LazyPool:
-    """Runs a submitted copy only when its result is asked for (a host thread that lags)."""
+    """Runs a submitted copy only when its result is asked for (a host thread that lags);
+    the ``fail``-th copy submitted (counting from 0) raises instead."""
 
-    def __init__(self):
+    def __init__(self, fail=None):
         self.submitted = []
+        self.fail = fail
 
     def submit(self, fn, *args):
+        if len(self.submitted) == self.fail:
+            def fn(*_):
+                raise OSError("a host copy failed")
         self.submitted.append(LazyFuture(fn, args))
         return self.submitted[-1]
 
@@ -139,6 +148,46 @@ def test_upload_reuses_a_slot_only_after_its_dma(chunk, slots, workers):
     assert st.stream.queue == []
 
 
+@pytest.mark.parametrize("direction", ["download", "upload"])
+def test_the_next_dma_is_queued_while_the_host_waits_for_one(direction):
+    """The point of the pipeline: whenever the calling thread waits for a chunk's DMA,
+    another chunk's DMA is already queued behind it, so the DMA engine never waits for
+    the host (a pipeline that waits right after each DMA passes the value tests)."""
+    rng = np.random.default_rng(3)
+    src = rng.standard_normal(40).astype(np.float32)      # 10 chunks of 16 bytes
+    dst = np.zeros_like(src)
+    st = make_staging(16, 3)
+    if direction == "download":
+        st.download([(DeviceStandIn(src), dst)], LazyPool())
+    else:
+        st.upload([(DeviceStandIn(dst), src)], LazyPool())
+        src, dst = dst, src
+    np.testing.assert_array_equal(dst, src)
+    # a download waits for each of the 10 chunks' DMA, and only the last has none behind
+    # it; an upload waits before refilling a slot that a DMA read: chunks K .. 9 (slot of
+    # chunk K - 1 was never sent when it is filled), 7 waits, the next DMA queued each time
+    expected = [1] * 9 + [0] if direction == "download" else [1] * 7
+    assert st.stream.behind == expected
+
+
+@pytest.mark.parametrize("direction", ["download", "upload"])
+@pytest.mark.parametrize("fail", [0, 3, 9])
+def test_a_failed_host_copy_is_raised_once_every_copy_is_done(direction, fail):
+    """A host copy that fails (the first, one in the middle, the last) is raised, never
+    swallowed, and only once every other DMA and host copy of the call is done."""
+    src = np.arange(40, dtype=np.float32)
+    dst = np.zeros_like(src)
+    st = make_staging(16, 3)
+    pool = LazyPool(fail=fail)
+    with pytest.raises(OSError, match="a host copy failed"):
+        if direction == "download":
+            st.download([(DeviceStandIn(src), dst)], pool)
+        else:
+            st.upload([(DeviceStandIn(dst), src)], pool)
+    assert st.stream.queue == []
+    assert all(f.done for f in pool.submitted)
+
+
 def test_a_failed_copy_leaves_no_copy_running():
     """A pair that does not match raises, once every DMA and host copy it started is done
     (none may write into a buffer after the call)."""
@@ -157,6 +206,10 @@ def test_a_failed_copy_leaves_no_copy_running():
 
 
 def test_staging_checks_its_slots():
+    st = make_staging(4, 2)
+    with pytest.raises(ValueError, match=r"chunks of 4 bytes cannot hold an element of "
+                                         r"float64 \(8 bytes\)"):
+        st.download([(DeviceStandIn(np.zeros(3)), np.zeros(3))], LazyPool())
     with pytest.raises(ValueError, match="at least 2 slots"):
         make_staging(8, 1)
     with pytest.raises(ValueError, match="must hold 16 bytes each; got"):
@@ -166,12 +219,15 @@ def test_staging_checks_its_slots():
         st.download([(DeviceStandIn(np.zeros((3, 4))), np.zeros((4, 3)).T)], LazyPool())
 
 
-@pytest.mark.parametrize("value", [-1, 1.5, True, "4096"])
+@pytest.mark.parametrize("value", [-1, 1, 63, 1.5, True, "4096"])
 def test_bad_staging_bytes_are_named(monkeypatch, value):
     monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", value)
-    with pytest.raises(ValueError, match=rf"CUDA_STAGING_BYTES must be an integer >= 0; "
-                                         rf"got {value!r}"):
+    with pytest.raises(ValueError, match=rf"CUDA_STAGING_BYTES must be 0 or an integer >= "
+                                         rf"64; got {value!r}"):
         _cuda_staging.chunk_bytes()
+    for value in (0, 64, 1 << 22):
+        monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", value)
+        assert _cuda_staging.chunk_bytes() == value
 
 
 @pytest.mark.parametrize("value", [0, -2, 2.0, False, "many"])
@@ -191,6 +247,17 @@ def test_staging_threads(monkeypatch):
     assert _cuda_staging.threads() == 16
     monkeypatch.setattr(_config, "CUDA_STAGING_THREADS", "auto")
     assert _cuda_staging.threads() == 8
-    monkeypatch.setattr(_cuda_staging.os, "cpu_count", lambda: None)
-    assert _cuda_staging.threads() == 1
-    assert _cuda_staging.pool(2) is _cuda_staging.pool(2)
+    for cores, auto in [(4, 3), (2, 1), (1, 1), (None, 1)]:   # a core left to the caller
+        monkeypatch.setattr(_cuda_staging.os, "cpu_count", lambda c=cores: c)
+        assert _cuda_staging.threads() == auto
+
+
+def test_one_pool_grown_as_needed(monkeypatch):
+    monkeypatch.setattr(_cuda_staging, "_POOL", None)
+    two = _cuda_staging.pool(2)
+    assert _cuda_staging.pool(1) is two and _cuda_staging.pool(2) is two
+    four = _cuda_staging.pool(4)
+    assert four is not two and _cuda_staging.pool(3) is four
+    assert list(four.map(abs, [-1, -2, -3, -4])) == [1, 2, 3, 4]
+    two.shutdown()
+    four.shutdown()

@@ -2,16 +2,17 @@
 
 A copy between a NumPy array (pageable memory) and the device is, by default, the driver's
 own: one host thread moves each piece between the user's array and a pinned buffer of the
-driver's, then the DMA engine moves it. When the output is a new array, that thread also
+driver's, and the DMA engine moves it on. When the output is a new array, that thread also
 takes a page fault per page on first touch. On the H200 machine of docs/BENCHMARKS.md
-(2026-11-28) those copies moved about 3 GB/s, which was most of ``forward``'s time at M and
-XL.
+(2026-11-28), ``forward`` on NumPy arrays took 394 ms longer than on device arrays at XL,
+and 11.8 ms longer at M. At XL that is about 1.2 GB moved, about 3 GB/s if the copies were
+all of the difference (it also holds the host's other work on NumPy arrays).
 
 :class:`Staging` cuts each array into chunks of ``CUDA_STAGING_BYTES`` and keeps ``K``
 pinned buffers (slots). Chunk ``i`` goes through slot ``i mod K``. The DMA of a chunk runs
-on one copy stream, while a pool of host threads copies other chunks between the slots and
-the user's array. So the DMA overlaps the host's copies, and the host's copies (and their
-page faults) run on several cores.
+on one copy stream, while host threads copy other chunks between the slots and the user's
+array. So the DMA overlaps the host's copies, and the host's copies (and their page faults)
+run on several cores: at most ``K - 1`` at once.
 
 Invariants:
 
@@ -19,6 +20,8 @@ Invariants:
   host has completed.
 - A slot is written again only after the host's copy out of it has finished, or after
   the DMA that read it has completed.
+- While the calling thread waits for a chunk's DMA, the next chunk's DMA is already
+  queued behind it (the DMA engine does not wait for the host).
 - Every call returns only when all its copies are done: the stream is synchronised and
   every host copy joined, also when one of them fails.
 """
@@ -31,34 +34,35 @@ import numpy as np
 
 from .. import _config
 
-_POOLS = {}
-_POOLS_LOCK = threading.Lock()
+#: The smallest chunk: larger than any element (float64, int64), so a slot always holds one.
+MIN_CHUNK_BYTES = 64
 
-
-def enabled():
-    """Whether ``forward`` stages its NumPy arrays (``_config.CUDA_STAGING_BYTES`` > 0)."""
-    return chunk_bytes() > 0
+_POOL = None
+_POOL_LOCK = threading.Lock()
 
 
 def chunk_bytes():
-    """``_config.CUDA_STAGING_BYTES``, checked: an integer >= 0 (0: no staging)."""
+    """``_config.CUDA_STAGING_BYTES``, checked: 0 (no staging) or an integer >=
+    :data:`MIN_CHUNK_BYTES`."""
     n = _config.CUDA_STAGING_BYTES
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"fastsarnn._config.CUDA_STAGING_BYTES must be an integer >= 0; "
-                         f"got {n!r}")
+    if (not isinstance(n, int) or isinstance(n, bool) or n < 0
+            or 0 < n < MIN_CHUNK_BYTES):
+        raise ValueError(f"fastsarnn._config.CUDA_STAGING_BYTES must be 0 or an integer >= "
+                         f"{MIN_CHUNK_BYTES}; got {n!r}")
     return n
 
 
 def threads(num_threads=None):
     """Host threads of the staging copies: the call's ``num_threads`` where given, else
-    ``_config.CUDA_STAGING_THREADS`` (``"auto"``: the cores, at most 8); never more than
-    the cores (each thread has a pinned buffer of its own)."""
+    ``_config.CUDA_STAGING_THREADS`` (``"auto"``: one core fewer than the machine has, at
+    most 8, at least 1: the calling thread waits on the GPU, and the driver may spin while
+    it does); never more than the cores."""
     cores = os.cpu_count() or 1
     if num_threads is not None:
         return max(1, min(int(num_threads), cores))
     n = _config.CUDA_STAGING_THREADS
     if n == "auto":
-        return min(8, cores)
+        return max(1, min(8, cores - 1))
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"fastsarnn._config.CUDA_STAGING_THREADS must be 'auto' or an "
                          f"integer >= 1; got {n!r}")
@@ -66,17 +70,24 @@ def threads(num_threads=None):
 
 
 def pool(n):
-    """A process-wide pool of ``n`` host threads (one per size, made on first use)."""
-    with _POOLS_LOCK:
-        got = _POOLS.get(n)
-        if got is None:
-            got = _POOLS[n] = concurrent.futures.ThreadPoolExecutor(
-                n, thread_name_prefix="fastsarnn-staging")
-        return got
+    """The process's pool of host threads for the staged copies, of at least ``n`` threads.
+
+    One pool serves every call: a call's slots, not the pool, bound how many of its copies
+    run at once. A call that asks for more threads than the pool has replaces it by a
+    larger one; calls still holding the old pool finish on it, and its threads exit once
+    it is no longer referenced.
+    """
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[1] < n:
+            _POOL = (concurrent.futures.ThreadPoolExecutor(
+                n, thread_name_prefix="fastsarnn-staging"), n)
+        return _POOL[0]
 
 
 class Staging:
-    """``K`` >= 2 pinned slots of ``chunk`` bytes, an event per slot, one copy stream.
+    """``K`` >= 2 pinned slots of ``chunk`` bytes, an event per slot, one copy stream:
+    at most ``K - 1`` host copies run at once.
 
     ``buffers`` are 1-D uint8 arrays of at least ``chunk`` bytes; ``stream`` and ``events``
     follow numba-cuda's stream and event API (tests pass stand-ins that delay every copy
@@ -115,6 +126,9 @@ class Staging:
                                  f"expected the same shape and dtype")
             if not host.flags.c_contiguous:
                 raise ValueError("staged copy: the host array must be C-contiguous")
+            if host.itemsize > self.chunk:
+                raise ValueError(f"staged copy: chunks of {self.chunk} bytes cannot hold an "
+                                 f"element of {host.dtype} ({host.itemsize} bytes)")
             n = host.size
             if n == 0:
                 continue

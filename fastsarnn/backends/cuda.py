@@ -2104,28 +2104,43 @@ def forward(p, x, lengths, state, out_h, out_c, out_attn, num_threads=None,
 
 def _staging(w, num_threads):
     """``(Staging, host thread pool)`` for a call's NumPy arrays, or None where
-    ``_config.CUDA_STAGING_BYTES`` is 0 (the driver's own copies). The model's workspace
-    keeps the pinned buffers (made again only for larger chunks or more threads)."""
+    ``_config.CUDA_STAGING_BYTES`` is 0 (the driver's own copies). ``threads + 2`` slots:
+    a chunk per thread being copied, one more queued for the next free thread, and the
+    chunk whose DMA is in flight. The model's workspace keeps the
+    pinned buffers of the latest few (chunk size, slots) pairs asked for, so that settings
+    timed in turn do not allocate pinned memory in a timed call."""
     chunk = _cuda_staging.chunk_bytes()
     if not chunk:
         return None
     n = _cuda_staging.threads(num_threads)
-    got = w["work"].get("staging")
-    if got is None or got.chunk != chunk or len(got.buffers) < n + 2:
-        got = w["work"]["staging"] = _cuda_staging.Staging.pinned(chunk, n + 2)
+    kept = w["work"].setdefault("staging", {})
+    got = kept.pop((chunk, n + 2), None)
+    if got is None:
+        got = _cuda_staging.Staging.pinned(chunk, n + 2)
+        while len(kept) >= _STAGINGS_KEPT:     # the least recently used go
+            kept.pop(next(iter(kept)))
+    kept[(chunk, n + 2)] = got       # now the most recently used
     return got, _cuda_staging.pool(n)
+
+
+#: Sets of staging buffers a model keeps (one per chunk size and slot count).
+_STAGINGS_KEPT = 4
 
 
 def _copy(staging, direction, pairs):
     """Copy ``(device, host)`` pairs: ``"upload"`` host to device, ``"download"`` back;
-    through ``staging`` where given, else by the driver's copies of pageable memory."""
+    through ``staging`` where given, else by the driver's copies of pageable memory. An
+    array of one chunk or less gains nothing from staging (no copy to overlap with): the
+    driver copies it."""
     if staging is not None:
-        getattr(staging[0], direction)(pairs, staging[1])
-    elif direction == "upload":
-        for dev, host in pairs:
+        staged = [(d, h) for d, h in pairs if h.nbytes > staging[0].chunk]
+        if staged:
+            getattr(staging[0], direction)(staged, staging[1])
+        pairs = [(d, h) for d, h in pairs if h.nbytes <= staging[0].chunk]
+    for dev, host in pairs:
+        if direction == "upload":
             dev.copy_to_device(host)
-    else:
-        for dev, host in pairs:
+        else:
             dev.copy_to_host(host)
 
 
