@@ -60,6 +60,11 @@ def test_quick_bench_json_and_plot(tmp_path):
     assert isinstance(data["reliable"], bool) and isinstance(data["warnings"], list)
     assert data["reliable"] == (not data["warnings"])
     assert "gpu" in data["machine"]
+    # the tunables the figures were measured with (this process's are the CLI's defaults)
+    assert data["settings"] == json.loads(json.dumps(bench.suite.settings()))
+    assert data["settings"]["CUDA_STAGING_BYTES"] == _config.CUDA_STAGING_BYTES
+    assert data["settings"]["NUMBA_FASTMATH"] == sorted(_config.NUMBA_FASTMATH)
+    assert not any(k.startswith("ENV_") for k in data["settings"])
     png = (tmp_path / "p.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert "x numpy" in out.stdout and "GFLOP/s" in out.stdout

@@ -538,6 +538,22 @@ def machine_info(names=()) -> dict:
             "fastsarnn": __version__, "platform": platform.platform()}
 
 
+def settings() -> dict:
+    """Every tunable of :mod:`fastsarnn._config` (upper-case names but the environment
+    variables' names) as JSON values: the settings the figures were measured with."""
+    out = {}
+    for name in sorted(vars(_config)):
+        if not name.isupper() or name.startswith("ENV_"):
+            continue
+        value = getattr(_config, name)
+        if isinstance(value, (set, frozenset)):
+            value = sorted(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[name] = value
+    return out
+
+
 def add_arguments(p):
     """The ``fastsarnn bench`` options."""
     p.add_argument("--config", action="append", choices=list(CONFIGS),
@@ -661,7 +677,7 @@ def run_cli(args, parser) -> int:
                                "UNRELIABLE: " + "; ".join(warnings)))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "sgemm_gflops": sgemm,
+            json.dump({"machine": machine, "settings": settings(), "sgemm_gflops": sgemm,
                        "sgemm": {"start": sgemm0, "end": sgemm1},
                        "load_per_core_before": load_before, "reliable": reliable,
                        "warnings": warnings, "records": records}, f, indent=1)
