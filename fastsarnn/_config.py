@@ -139,17 +139,19 @@ CUDA_DISK_CACHE = False
 #: buffer through which x goes to the device and the outputs come back, in chunks of this
 #: size (arrays of one chunk or less are copied by the driver). The DMA of one chunk
 #: overlaps the host's copies of other chunks between the user's arrays and the pinned
-#: buffers, on CUDA_STAGING_THREADS threads (:mod:`fastsarnn.backends._cuda_staging`); a
-#: model keeps threads + 2 such buffers for each of the latest 4 (size, threads) pairs it
-#: was called with. 0: the driver's own copies from and to the user's (pageable) arrays;
-#: on the H200 machine of docs/BENCHMARKS.md (2026-11-28) ``forward`` on NumPy arrays took
-#: 394 ms more than on device arrays at XL, for about 1.2 GB moved. Off until a GPU run
-#: compares the two (the settings part of benchmarks/gpu_check.sh, on NumPy arrays). 0 or
-#: an integer >= 64; read at every call.
+#: buffers, at most CUDA_STAGING_THREADS of them at once
+#: (:mod:`fastsarnn.backends._cuda_staging`). A model keeps threads + 2 such buffers for
+#: each of the latest 4 (size, threads) pairs that staged a copy. 0: the driver's own
+#: copies from and to the user's (pageable) arrays; on the H200 machine of
+#: docs/BENCHMARKS.md (2026-11-28) ``forward`` on NumPy arrays took 394 ms more than on
+#: device arrays at XL, for about 1.2 GB moved. Off until a GPU run compares the two (the
+#: settings part of benchmarks/gpu_check.sh, on NumPy arrays). 0 or an integer >= 64;
+#: read at every call.
 CUDA_STAGING_BYTES = 0
-#: Host threads of those staged copies: "auto" (one core fewer than the machine has, at
-#: most 8, at least 1) or an integer >= 1; a call's ``num_threads`` overrides it; never
-#: more than the cores. Read at every call.
+#: Host copies of a call's staging in flight at once (threads of a pool the process
+#: shares): "auto" (one core fewer than the process may use, at most 8, at least 1) or an
+#: integer >= 1; a call's ``num_threads`` overrides it; never more than the cores the
+#: process may use. Read at every call.
 CUDA_STAGING_THREADS = "auto"
 #: Shared memory a block of the sequence kernel may use (bytes; 48 KiB needs no opt-in).
 #: Wider models first get smaller blocks, then a global-memory scratch. Read at launch.

@@ -24,6 +24,14 @@ def cpu_info() -> dict:
             "simd": [f for f in _SIMD_FLAGS if f in flags]}
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def load_per_core() -> float | None:
     """The 1-minute load average divided by the number of cores (None where unknown)."""
     try:

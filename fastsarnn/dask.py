@@ -11,20 +11,13 @@ unit of distribution.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
 
 from . import _registry, _validate
+from ._sysinfo import usable_cores
 from .model import Output, SelfAttentionRNN, _attention_mode, window_positions
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def kernel_threads() -> int:
@@ -35,8 +28,8 @@ def kernel_threads() -> int:
         dask_threads = get_worker().state.nthreads
     except (ImportError, ValueError, AttributeError):
         import dask
-        dask_threads = dask.config.get("num_workers", None) or _cores()
-    return max(1, _cores() // max(1, int(dask_threads)))
+        dask_threads = dask.config.get("num_workers", None) or usable_cores()
+    return max(1, usable_cores() // max(1, int(dask_threads)))
 
 
 def _run_block(x_block, lengths_block, model, backend, return_attention, t0_cols):

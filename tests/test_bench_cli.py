@@ -60,15 +60,32 @@ def test_quick_bench_json_and_plot(tmp_path):
     assert isinstance(data["reliable"], bool) and isinstance(data["warnings"], list)
     assert data["reliable"] == (not data["warnings"])
     assert "gpu" in data["machine"]
-    # the tunables the figures were measured with (this process's are the CLI's defaults)
+    # the settings the figures were measured with (the CLI's process: the defaults)
     assert data["settings"] == json.loads(json.dumps(bench.suite.settings()))
-    assert data["settings"]["CUDA_STAGING_BYTES"] == _config.CUDA_STAGING_BYTES
-    assert data["settings"]["NUMBA_FASTMATH"] == sorted(_config.NUMBA_FASTMATH)
-    assert not any(k.startswith("ENV_") for k in data["settings"])
     png = (tmp_path / "p.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert "x numpy" in out.stdout and "GFLOP/s" in out.stdout
     assert "figures look" in out.stdout
+
+
+def test_settings_are_the_live_values_as_json(monkeypatch):
+    """bench --json's "settings": _config as it is when the figures are measured, each
+    value one JSON can hold (or its repr), never the names of environment variables."""
+    monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", np.int64(4 << 20))
+    monkeypatch.setattr(_config, "CUDA_SPLIT_MIN_POSITIONS", 128)
+    monkeypatch.setattr(_config, "NUMBA_FASTMATH", frozenset({"nsz", "arcp"}))
+    monkeypatch.setattr(_config, "CUDA_SPLIT_PARTS", object())
+    monkeypatch.setattr(_config, "BENCH_NOISY_SPREAD", float("nan"))
+    got = suite.settings()
+    json.dumps(got, allow_nan=False)
+    assert got["CUDA_STAGING_BYTES"] == 4 << 20 and type(got["CUDA_STAGING_BYTES"]) is int
+    assert got["CUDA_SPLIT_MIN_POSITIONS"] == 128
+    assert got["NUMBA_FASTMATH"] == ["arcp", "nsz"]
+    assert got["CUDA_SPLIT_PARTS"].startswith("<object object")
+    assert got["BENCH_NOISY_SPREAD"] == "nan"
+    assert got["SCORES"] == _config.SCORES and got["TOLERANCE"] == _config.TOLERANCE
+    assert not any(k.startswith("ENV_") for k in got)
+    assert set(got) == {k for k in vars(_config) if k.isupper() and not k.startswith("ENV_")}
 
 
 def _args(tmp_path, **over):

@@ -296,17 +296,9 @@ def test_no_device_allocation_per_call(monkeypatch, staging):
     assert max_err(st.h, ref.h_last) <= tol(model)
 
 
-@pytest.mark.parametrize("chunk,threads", [(64, 1), (72, 2), (1 << 20, 2)])
-def test_forward_through_pinned_staging(monkeypatch, chunk, threads):
-    """NumPy arrays in and out through the staged copies (_cuda_staging): chunks of 8 and
-    9 float64 elements (every array ends in a partial chunk), and one larger than every
-    array (then the driver copies them all). The outputs, the attention and a state
-    carried into a second call match the reference; the copies did go through the
-    staging; a call's num_threads sets its threads (and slots)."""
+def _spy_on_staging(monkeypatch):
+    """Elements each direction moves through the staging (fastsarnn.backends._cuda_staging)."""
     from fastsarnn.backends import _cuda_staging
-    monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", chunk)
-    monkeypatch.setattr(_config, "CUDA_STAGING_THREADS", threads)
-    monkeypatch.setattr(_cuda_staging.os, "cpu_count", lambda: 4)
     moved = {"upload": 0, "download": 0}
     for direction in moved:
         real = getattr(_cuda_staging.Staging, direction)
@@ -315,6 +307,21 @@ def test_forward_through_pinned_staging(monkeypatch, chunk, threads):
             moved[_d] += sum(h.size for _, h in pairs)
             return _real(self, pairs, workers)
         monkeypatch.setattr(_cuda_staging.Staging, direction, spy)
+    return moved
+
+
+@pytest.mark.parametrize("chunk,threads", [(64, 1), (88, 2), (1 << 20, 2)])
+def test_forward_through_pinned_staging(monkeypatch, chunk, threads):
+    """NumPy arrays in and out through the staged copies: chunks of 8 and 11 float64
+    elements (every array ends in a partial chunk), and one larger than every array (then
+    the driver copies them all, and no pinned memory is made). The outputs, the attention
+    and a state carried into a second call match the reference; the copies did go through
+    the staging; a call's num_threads has a staging of its own."""
+    from fastsarnn.backends import _cuda_staging
+    monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", chunk)
+    monkeypatch.setattr(_config, "CUDA_STAGING_THREADS", threads)
+    monkeypatch.setattr(_cuda_staging, "usable_cores", lambda: 4)
+    moved = _spy_on_staging(monkeypatch)
     model = make_model(score="kq", D=5, H=6, Ha=3)
     x = make_x(3, 9, 5)
     lengths = np.array([7, 3, 0])
@@ -329,25 +336,42 @@ def test_forward_through_pinned_staging(monkeypatch, chunk, threads):
     for a, b in [(got.h, ref.h), (got.c, ref.c), (got.attention, ref.attention),
                  (again.h, ref_again.h), (again.c, ref_again.c), (st.h, ref_st.h)]:
         assert max_err(a, b) <= tol(model)
-    kept = model._kernel.cache["cuda"]["work"]["staging"]
+    kept = model._kernel.cache["cuda"]["work"].get("staging", {})
     if chunk > 8 * got.attention.size:      # larger than any array: none staged
-        assert moved == {"upload": 0, "download": 0}
-    else:   # x up twice; h, c (and the attention once) down
-        assert moved == {"upload": x.size, "download": 2 * (3 * 9 * 6) + got.attention.size}
-    # slots: threads + 2 (_staging); the call's num_threads (3) has its own set
-    assert sorted(kept) == [(chunk, threads + 2), (chunk, 5)]
-    assert all(s.chunk == chunk and len(s.buffers) == n for (_, n), s in kept.items())
+        assert moved == {"upload": 0, "download": 0} and kept == {}
+        return
+    # x up twice; h, c (and the attention once) down
+    assert moved == {"upload": x.size, "download": 2 * (3 * 9 * 6) + got.attention.size}
+    assert sorted(kept) == [(chunk, threads), (chunk, 3)]       # 3: the call's num_threads
+    for (_, n), staging in kept.items():
+        assert staging.chunk == chunk and staging.threads == n and len(staging.buffers) == n + 2
+
+
+def test_an_array_of_one_chunk_is_copied_by_the_driver(monkeypatch):
+    """The staging takes arrays larger than a chunk; one of exactly a chunk goes by the
+    driver's copy, and still arrives."""
+    x = make_x(2, 3, 5)                       # 240 bytes
+    monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", x.nbytes)
+    moved = _spy_on_staging(monkeypatch)
+    model = make_model(D=5, H=6)              # outputs: 288 bytes each
+    got = model.forward(x, backend="cuda")
+    ref = reference(model, x)
+    assert max_err(got.h, ref.h) <= tol(model) and max_err(got.c, ref.c) <= tol(model)
+    assert moved == {"upload": 0, "download": 2 * got.h.size}
 
 
 def test_staging_buffers_are_kept_per_chunk_and_threads(monkeypatch):
     """Settings timed in turn (benchmarks/cuda_config_compare.py) find their pinned buffers
     kept: no pinned memory, stream or event is made in a call after each value's first;
-    a model keeps the latest _STAGINGS_KEPT sets."""
+    a model keeps the latest _STAGINGS_KEPT sets, and drops the least recently used."""
     from numba import cuda
+
+    from fastsarnn.backends import _cuda_staging
     be = _be()
+    monkeypatch.setattr(_cuda_staging, "usable_cores", lambda: 8)
     model = make_model(D=5, H=6)
     x = make_x(2, 9, 5)
-    values = [(64, 1), (128, 1), (64, 2), (0, 1)]
+    values = [(64, 1), (128, 1), (64, 2), (0, 1), (96, 3)]
     for chunk, threads in values:       # first calls: made
         monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", chunk)
         model.forward(x, backend="cuda", num_threads=threads)
@@ -363,14 +387,17 @@ def test_staging_buffers_are_kept_per_chunk_and_threads(monkeypatch):
             assert max_err(got.h, reference(model, x).h) <= tol(model)
     assert calls == []
     kept = model._kernel.cache["cuda"]["work"]["staging"]
-    assert list(kept) == [(64, 3), (128, 3), (64, 4)]
+    assert list(kept) == [(64, 1), (128, 1), (64, 2), (96, 3)]
     monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", 64)
-    model.forward(x, backend="cuda", num_threads=1)       # (64, 3) used again: the latest
-    assert list(kept) == [(128, 3), (64, 4), (64, 3)]
-    monkeypatch.setattr(be, "_STAGINGS_KEPT", 2)
+    model.forward(x, backend="cuda", num_threads=1)       # (64, 1) used again: the latest
+    assert list(kept) == [(128, 1), (64, 2), (96, 3), (64, 1)]
     monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", 256)
+    model.forward(x, backend="cuda", num_threads=1)       # a fifth: (128, 1) goes
+    assert list(kept) == [(64, 2), (96, 3), (64, 1), (256, 1)]
+    monkeypatch.setattr(be, "_STAGINGS_KEPT", 2)
+    monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", 512)
     model.forward(x, backend="cuda", num_threads=1)
-    assert list(kept) == [(64, 3), (256, 3)]      # the least recently used went
+    assert list(kept) == [(256, 1), (512, 1)]
 
 
 def test_device_history_grows_with_the_state():

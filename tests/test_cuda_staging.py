@@ -91,18 +91,21 @@ class LazyPool:
     def __init__(self, fail=None):
         self.submitted = []
         self.fail = fail
+        self.most_in_flight = 0     # submitted and not yet joined, at the most
 
     def submit(self, fn, *args):
         if len(self.submitted) == self.fail:
             def fn(*_):
                 raise OSError("a host copy failed")
         self.submitted.append(LazyFuture(fn, args))
+        self.most_in_flight = max(self.most_in_flight,
+                                  sum(not f.done for f in self.submitted))
         return self.submitted[-1]
 
 
-def make_staging(chunk, slots):
+def make_staging(chunk, slots, threads=1):
     return Staging(chunk, [np.zeros(chunk, np.uint8) for _ in range(slots)], DeferredStream(),
-                   [DeferredEvent() for _ in range(slots)])
+                   [DeferredEvent() for _ in range(slots)], threads)
 
 
 @pytest.fixture(params=["lazy", "threads"])
@@ -120,21 +123,21 @@ def arrays(rng, shapes, dtypes):
 
 # chunks of 12 bytes (3 float32 or 1 float64 element), 8 bytes (2 or 1) and 4096 (every
 # array in one): partial last chunks, chunks of one element, an empty array
-CASES = [(12, 2), (12, 3), (8, 5), (4096, 2)]
+CASES = [(12, 2, 1), (12, 3, 1), (12, 4, 2), (8, 5, 3), (8, 3, 4), (4096, 2, 1)]
 SHAPES = [(2, 5, 3), (7,), (0, 4), (1, 1, 11)]
 DTYPES = [np.float32, np.float64, np.float32, np.float64]
 
 
 @pytest.mark.parametrize("direction", ["download", "upload"])
-@pytest.mark.parametrize("chunk, slots", CASES)
-def test_every_chunk_arrives_whole(direction, chunk, slots, workers):
+@pytest.mark.parametrize("chunk, slots, threads", CASES)
+def test_every_chunk_arrives_whole(direction, chunk, slots, threads, workers):
     """A download's host copy reads a slot only after the chunk's DMA into it; an upload
     refills a slot only after the DMA that read it: with copies deferred until waited
     for, and host copies that lag, either mistake changes the values."""
     rng = np.random.default_rng(0)
     src = arrays(rng, SHAPES, DTYPES)
     dst = [np.full_like(a, np.nan) for a in src]
-    st = make_staging(chunk, slots)
+    st = make_staging(chunk, slots, threads)
     if direction == "download":
         st.download([(DeviceStandIn(a), b) for a, b in zip(src, dst)], workers)
     else:
@@ -142,6 +145,24 @@ def test_every_chunk_arrives_whole(direction, chunk, slots, workers):
     for a, b in zip(src, dst):
         np.testing.assert_array_equal(b, a)
     assert st.stream.queue == []
+
+
+@pytest.mark.parametrize("direction", ["download", "upload"])
+@pytest.mark.parametrize("threads", [1, 3, 5])
+def test_a_call_has_at_most_its_threads_host_copies_in_flight(direction, threads):
+    """``threads`` bounds a call's host copies (submitted to the shared pool and not yet
+    joined), whatever the pool's size and the slots, and the bound is reached: the copies
+    do run side by side."""
+    src = np.arange(100, dtype=np.float32)          # 25 chunks of 16 bytes
+    dst = np.zeros_like(src)
+    st = make_staging(16, threads + 2, threads)
+    pool = LazyPool()
+    if direction == "download":
+        st.download([(DeviceStandIn(src), dst)], pool)
+    else:
+        st.upload([(DeviceStandIn(dst), src)], pool)
+    np.testing.assert_array_equal(dst, src)
+    assert pool.most_in_flight == threads
 
 
 @pytest.mark.parametrize("direction", ["download", "upload"])
@@ -160,9 +181,9 @@ def test_the_next_dma_is_queued_while_the_host_waits_for_one(direction):
         src, dst = dst, src
     np.testing.assert_array_equal(dst, src)
     # a download waits for each of the 10 chunks' DMA, and only the last has none behind
-    # it; an upload waits before refilling a slot that a DMA read: chunks K .. 9 (slot of
-    # chunk K - 1 was never sent when it is filled), 7 waits, the next DMA queued each time
-    expected = [1] * 9 + [0] if direction == "download" else [1] * 7
+    # it; an upload (1 thread: 1 chunk filled ahead) waits before refilling a slot that a
+    # DMA read, for chunks K .. 9: the DMA of chunk i - 2, with chunks i - 1 and i queued
+    expected = [1] * 9 + [0] if direction == "download" else [2] * 7
     assert st.stream.behind == expected
 
 
@@ -209,7 +230,9 @@ def test_staging_checks_its_slots():
     with pytest.raises(ValueError, match="at least 2 slots"):
         make_staging(8, 1)
     with pytest.raises(ValueError, match="must hold 16 bytes each; got"):
-        Staging(16, [np.zeros(8, np.uint8)] * 2, DeferredStream(), [DeferredEvent()] * 2)
+        Staging(16, [np.zeros(8, np.uint8)] * 2, DeferredStream(), [DeferredEvent()] * 2, 1)
+    with pytest.raises(ValueError, match="at least 1 thread; got 0"):
+        make_staging(8, 2, 0)
     st = make_staging(8, 2)
     with pytest.raises(ValueError, match="C-contiguous"):
         st.download([(DeviceStandIn(np.zeros((3, 4))), np.zeros((4, 3)).T)], LazyPool())
@@ -234,7 +257,7 @@ def test_bad_staging_threads_are_named(monkeypatch, value):
 
 
 def test_staging_threads(monkeypatch):
-    monkeypatch.setattr(_cuda_staging.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(_cuda_staging, "usable_cores", lambda: 16)
     monkeypatch.setattr(_config, "CUDA_STAGING_THREADS", 3)
     assert _cuda_staging.threads() == 3
     assert _cuda_staging.threads(5) == 5          # the call's num_threads wins
@@ -243,8 +266,8 @@ def test_staging_threads(monkeypatch):
     assert _cuda_staging.threads() == 16
     monkeypatch.setattr(_config, "CUDA_STAGING_THREADS", "auto")
     assert _cuda_staging.threads() == 8
-    for cores, auto in [(4, 3), (2, 1), (1, 1), (None, 1)]:   # a core left to the caller
-        monkeypatch.setattr(_cuda_staging.os, "cpu_count", lambda c=cores: c)
+    for cores, auto in [(4, 3), (2, 1), (1, 1)]:     # a core left to the caller
+        monkeypatch.setattr(_cuda_staging, "usable_cores", lambda c=cores: c)
         assert _cuda_staging.threads() == auto
 
 

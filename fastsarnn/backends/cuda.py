@@ -2086,9 +2086,9 @@ def forward(p, x, lengths, state, out_h, out_c, out_attn, num_threads=None,
             _launch(p, w, x, lengths, len_arg, state, out_h, out_c, out_attn, compact_attention,
                     False)
             return
-        staging = _staging(w, num_threads)     # settings checked before anything moves
+        staging = _staging_plan(num_threads)     # settings checked before anything moves
         d_x = _workspace(w, "x", (B, T, D), p.dtype)
-        _copy(staging, "upload", [(d_x, x)])
+        _copy(w, staging, "upload", [(d_x, x)])
         d_h = _workspace(w, "out_h", out_h.shape, p.dtype)
         d_c = _workspace(w, "out_c", out_c.shape, p.dtype)
         d_attn = None
@@ -2099,45 +2099,50 @@ def forward(p, x, lengths, state, out_h, out_c, out_attn, num_threads=None,
         outs = [(d_h, out_h), (d_c, out_c)]
         if out_attn is not None:
             outs.append((d_attn, out_attn))
-        _copy(staging, "download", outs)
+        _copy(w, staging, "download", outs)
 
 
-def _staging(w, num_threads):
-    """``(Staging, host thread pool)`` for a call's NumPy arrays, or None where
-    ``_config.CUDA_STAGING_BYTES`` is 0 (the driver's own copies). ``threads + 2`` slots:
-    a chunk per thread being copied, one more queued for the next free thread, and the
-    chunk whose DMA is in flight. The model's workspace keeps the
-    pinned buffers of the latest few (chunk size, slots) pairs asked for, so that settings
-    timed in turn do not allocate pinned memory in a timed call."""
+def _staging_plan(num_threads):
+    """``(chunk bytes, threads)`` of a call's staged copies, or None where
+    ``_config.CUDA_STAGING_BYTES`` is 0 (the driver's own copies); the settings checked."""
     chunk = _cuda_staging.chunk_bytes()
     if not chunk:
         return None
-    n = _cuda_staging.threads(num_threads)
+    return chunk, _cuda_staging.threads(num_threads)
+
+
+def _staging(w, chunk, threads):
+    """The model's :class:`~fastsarnn.backends._cuda_staging.Staging` for ``(chunk,
+    threads)``, made on first use. The workspace keeps those of the latest
+    ``_STAGINGS_KEPT`` pairs used (the least recently used dropped before a new one is
+    made), so that settings timed in turn allocate no pinned memory in a timed call."""
     kept = w["work"].setdefault("staging", {})
-    got = kept.pop((chunk, n + 2), None)
+    got = kept.pop((chunk, threads), None)
     if got is None:
-        got = _cuda_staging.Staging.pinned(chunk, n + 2)
-        while len(kept) >= _STAGINGS_KEPT:     # the least recently used go
+        while len(kept) >= _STAGINGS_KEPT:
             kept.pop(next(iter(kept)))
-    kept[(chunk, n + 2)] = got       # now the most recently used
-    return got, _cuda_staging.pool(n)
+        got = _cuda_staging.Staging.pinned(chunk, threads)
+    kept[(chunk, threads)] = got       # now the most recently used
+    return got
 
 
-#: Sets of staging buffers a model keeps (one per chunk size and slot count).
+#: Sets of staging buffers a model keeps (one per chunk size and thread count).
 _STAGINGS_KEPT = 4
 
 
-def _copy(staging, direction, pairs):
-    """Copy ``(device, host)`` pairs: ``"upload"`` host to device, ``"download"`` back;
-    through ``staging`` where given, else by the driver's copies of pageable memory. An
-    array of one chunk or less gains nothing from staging (no copy to overlap with): the
-    driver copies it."""
-    if staging is not None:
-        staged = [(d, h) for d, h in pairs if h.nbytes > staging[0].chunk]
-        if staged:
-            getattr(staging[0], direction)(staged, staging[1])
-        pairs = [(d, h) for d, h in pairs if h.nbytes <= staging[0].chunk]
+def _copy(w, plan, direction, pairs):
+    """Copy ``(device, host)`` pairs: ``"upload"`` host to device, ``"download"`` back.
+    Arrays larger than a chunk of the staging ``plan`` (:func:`_staging_plan`) go through
+    the model's pinned staging buffers (made then); the others, and all where ``plan`` is
+    None, by the driver's copies of pageable memory (an array of one chunk or less has no
+    copy to overlap with)."""
+    staged = [] if plan is None else [(d, h) for d, h in pairs if h.nbytes > plan[0]]
+    if staged:
+        chunk, threads = plan
+        getattr(_staging(w, chunk, threads), direction)(staged, _cuda_staging.pool(threads))
     for dev, host in pairs:
+        if plan is not None and host.nbytes > plan[0]:
+            continue
         if direction == "upload":
             dev.copy_to_device(host)
         else:

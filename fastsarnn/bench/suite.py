@@ -539,17 +539,23 @@ def machine_info(names=()) -> dict:
 
 
 def settings() -> dict:
-    """Every tunable of :mod:`fastsarnn._config` (upper-case names but the environment
-    variables' names) as JSON values: the settings the figures were measured with."""
+    """Every setting of :mod:`fastsarnn._config` (its upper-case names but those naming
+    environment variables) as it is now, as JSON values: the settings the figures were
+    measured with. Sets become sorted lists, NumPy scalars numbers, and anything JSON cannot
+    hold its ``repr``."""
     out = {}
     for name in sorted(vars(_config)):
         if not name.isupper() or name.startswith("ENV_"):
             continue
         value = getattr(_config, name)
         if isinstance(value, (set, frozenset)):
-            value = sorted(value)
-        elif isinstance(value, tuple):
-            value = list(value)
+            value = sorted(value, key=repr)
+        elif isinstance(value, np.generic):
+            value = value.item()
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            value = repr(value)
         out[name] = value
     return out
 
