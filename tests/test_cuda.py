@@ -268,6 +268,17 @@ def test_reset_after_cuda_clears_the_device_copy():
     assert np.all(st.hist[0, 2:] == 0)                 # nothing stale past the positions
 
 
+def _record_calls(monkeypatch, module, *names):
+    """The names of ``module``'s functions ``names`` called from now on, in order (each
+    still does what it did)."""
+    calls = []
+    for name in names:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _r=real, _n=name, **k:
+                            calls.append(_n) or _r(*a, **k))
+    return calls
+
+
 @pytest.mark.parametrize("staging", [0, 64], ids=["driver-copies", "staged"])
 def test_no_device_allocation_per_call(monkeypatch, staging):
     """Once the buffers are grown, step and forward allocate nothing on the device (nor
@@ -280,12 +291,8 @@ def test_no_device_allocation_per_call(monkeypatch, staging):
     model.step(x[:, 0], st, backend="cuda")
     model.forward(x[:, 1:3], state=st, backend="cuda")
     model.forward(x[:, 1:3], backend="cuda")          # scratch state: model's workspace
-    calls = []
-    for name in ("device_array", "to_device", "mapped_array", "pinned_array", "stream",
-                 "event"):
-        real = getattr(cuda, name)
-        monkeypatch.setattr(cuda, name, lambda *a, _r=real, _n=name, **k:
-                            calls.append(_n) or _r(*a, **k))
+    calls = _record_calls(monkeypatch, cuda, "device_array", "to_device", "mapped_array",
+                          "pinned_array", "stream", "event")
     for t in range(3, 6):
         model.step(x[:, t], st, backend="cuda")
     model.forward(x[:, 6:8], state=st, backend="cuda")
@@ -375,11 +382,7 @@ def test_staging_buffers_are_kept_per_chunk_and_threads(monkeypatch):
     for chunk, threads in values:       # first calls: made
         monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", chunk)
         model.forward(x, backend="cuda", num_threads=threads)
-    calls = []
-    for name in ("pinned_array", "stream", "event"):
-        real = getattr(cuda, name)
-        monkeypatch.setattr(cuda, name, lambda *a, _r=real, _n=name, **k:
-                            calls.append(_n) or _r(*a, **k))
+    calls = _record_calls(monkeypatch, cuda, "pinned_array", "stream", "event")
     for _ in range(2):
         for chunk, threads in values:
             monkeypatch.setattr(_config, "CUDA_STAGING_BYTES", chunk)
