@@ -236,9 +236,10 @@ class _HostCopies:
         self.by_slot = [None] * K
 
     def submit(self, k, dst, src):
+        """Copy ``src`` into ``dst`` on a worker, as slot ``k``'s copy; the caller has
+        joined the slot's previous copy (:meth:`join_slot`) before it touched the slot."""
         while len(self.in_flight) >= self.limit:
             self.in_flight.popleft().result()
-        self.join_slot(k)
         f = self.by_slot[k] = self.workers.submit(np.copyto, dst, src)
         self.in_flight.append(f)
 
