@@ -2136,17 +2136,17 @@ def _copy(w, plan, direction, pairs):
     the model's pinned staging buffers (made then); the others, and all where ``plan`` is
     None, by the driver's copies of pageable memory (an array of one chunk or less has no
     copy to overlap with)."""
-    staged = [] if plan is None else [(d, h) for d, h in pairs if h.nbytes > plan[0]]
-    if staged:
-        chunk, threads = plan
-        getattr(_staging(w, chunk, threads), direction)(staged, _cuda_staging.pool(threads))
+    staged = []
     for dev, host in pairs:
         if plan is not None and host.nbytes > plan[0]:
-            continue
-        if direction == "upload":
+            staged.append((dev, host))
+        elif direction == "upload":
             dev.copy_to_device(host)
         else:
             dev.copy_to_host(host)
+    if staged:
+        chunk, threads = plan
+        getattr(_staging(w, chunk, threads), direction)(staged, _cuda_staging.pool(threads))
 
 
 def step(p, x, active, state, out_h, out_c, num_threads=None):
